@@ -112,6 +112,7 @@ mod tests {
         assert_eq!(majority_vote(&[1], votes), VoteResult::Won);
         assert_eq!(majority_vote(&[2], votes), VoteResult::Lost);
         assert_eq!(joint_vote(&[1], &[2, 3], votes), VoteResult::Lost);
-        assert_eq!(joint_vote(&[1], &[1, 3], votes), VoteResult::Won);
+        assert_eq!(joint_vote(&[1], &[1, 3], votes), VoteResult::Pending);
+        assert_eq!(joint_vote(&[1], &[1], votes), VoteResult::Won);
     }
 }

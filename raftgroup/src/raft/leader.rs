@@ -237,9 +237,16 @@ impl<S: LogStorage> Raft<S> {
                 };
                 progress.recent_active = true;
                 progress.probe_sent = false;
+                if progress.state == ProgressState::Replicate && progress.inflights.is_full() {
+                    // The follower is alive; if appends were lost, let one
+                    // more through so the gap shows up as a rejection.
+                    progress.inflights.free_first();
+                }
                 progress.acked_round = progress.acked_round.max(round);
                 if progress.matched < self.log.last_index() {
-                    self.send_append(m.from, false);
+                    // Even an empty append helps: it probes at `next - 1`,
+                    // so an append lost in flight is found and resent.
+                    self.send_append(m.from, true);
                 }
                 self.on_round_acked();
             }

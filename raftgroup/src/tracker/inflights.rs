@@ -39,6 +39,14 @@ impl Inflights {
         }
     }
 
+    /// Frees the oldest message (used when the follower is known alive but
+    /// the window stays full, so that lost messages cannot stall it).
+    pub(crate) fn free_first(&mut self) {
+        if let Some((_, bytes)) = self.sent.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
     pub(crate) fn is_full(&self) -> bool {
         self.sent.len() >= self.max_msgs || (self.max_bytes > 0 && self.bytes >= self.max_bytes)
     }

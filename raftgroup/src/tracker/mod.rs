@@ -137,7 +137,7 @@ impl ProgressTracker {
     pub(crate) fn quorum_active(&mut self, self_id: NodeId) -> bool {
         let progress = &self.progress;
         let active = quorum::joint_vote(&self.conf.voters, &self.conf.voters_outgoing, |id| {
-            Some(Self::value_of(progress, id, |p| p.recent_active as u64) == 1)
+            Some(id == self_id || Self::value_of(progress, id, |p| p.recent_active as u64) == 1)
         }) == VoteResult::Won;
         for (id, progress) in &mut self.progress {
             progress.recent_active = *id == self_id;
