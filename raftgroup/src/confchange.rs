@@ -137,8 +137,14 @@ mod tests {
         assert!(apply(&joint, &change(ConfChangeKind::AddVoter, 3)).is_err());
         let twice = ConfChange {
             changes: vec![
-                ConfChangeSingle { kind: ConfChangeKind::AddVoter, node: 2 },
-                ConfChangeSingle { kind: ConfChangeKind::Remove, node: 2 },
+                ConfChangeSingle {
+                    kind: ConfChangeKind::AddVoter,
+                    node: 2,
+                },
+                ConfChangeSingle {
+                    kind: ConfChangeKind::Remove,
+                    node: 2,
+                },
             ],
             auto_leave: false,
         };

@@ -37,8 +37,8 @@
 //! node.propose(b"hello".to_vec()).unwrap();
 //! ```
 
-mod config;
 pub mod confchange;
+mod config;
 mod error;
 mod log;
 pub mod quorum;
@@ -56,7 +56,7 @@ pub use raw_node::{ProgressView, RawNode, Ready};
 pub use storage::{InitialState, LogStorage, MemStorage};
 pub use tracker::ProgressState;
 pub use types::{
-    ConfChange, ConfChangeKind, ConfChangeSingle, ConfState, Entry, EntryKind, HardState,
-    Message, MessageBody, NodeId, ReadState, Role, Snapshot, SnapshotMeta, SoftState,
-    ENTRY_OVERHEAD_BYTES, NO_NODE,
+    ArchivedEntry, ArchivedMessage, ArchivedMessageBody, ConfChange, ConfChangeKind,
+    ConfChangeSingle, ConfState, Entry, EntryKind, HardState, Message, MessageBody, NodeId,
+    ReadState, Role, Snapshot, SnapshotMeta, SoftState, ENTRY_OVERHEAD_BYTES, NO_NODE,
 };

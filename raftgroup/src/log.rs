@@ -140,7 +140,8 @@ impl<S: LogStorage> RaftLog<S> {
             self.unstable.clear();
             self.unstable.extend_from_slice(entries);
         } else {
-            self.unstable.truncate((after - self.unstable_offset) as usize);
+            self.unstable
+                .truncate((after - self.unstable_offset) as usize);
             self.unstable.extend_from_slice(entries);
         }
     }

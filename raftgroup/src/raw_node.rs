@@ -7,8 +7,8 @@ use crate::raft::{Proposed, Raft};
 use crate::storage::LogStorage;
 use crate::tracker::ProgressState;
 use crate::types::{
-    ConfChange, ConfState, Entry, EntryKind, HardState, Message, NodeId, ReadState, Role,
-    Snapshot, SoftState,
+    ConfChange, ConfState, Entry, EntryKind, HardState, Message, NodeId, ReadState, Role, Snapshot,
+    SoftState,
 };
 
 /// Work the host must do, in this order:

@@ -4,7 +4,7 @@ mod common;
 
 use common::Cluster;
 use flotilla_raftgroup::{
-    Config, ConfState, HardState, MemStorage, MessageBody, RawNode, Role, NO_NODE,
+    ConfState, Config, HardState, MemStorage, MessageBody, RawNode, Role, NO_NODE,
 };
 
 /// Election Safety: at most one leader can be elected in a given term.
@@ -84,7 +84,10 @@ fn votes_are_persisted_before_they_are_sent() {
         })
     );
     assert!(ready.must_sync);
-    assert!(ready.messages.is_empty(), "a vote must not leave before persistence");
+    assert!(
+        ready.messages.is_empty(),
+        "a vote must not leave before persistence"
+    );
     assert!(matches!(
         ready.persisted_messages[0].body,
         MessageBody::VoteResponse {
@@ -142,7 +145,11 @@ fn pre_vote_keeps_a_rejoining_node_from_disrupting_the_group() {
         cluster.tick_all(5);
         cluster.propose(1, b"x");
     }
-    assert_eq!(cluster.nodes[&3].term(), term, "pre-vote must not bump the term");
+    assert_eq!(
+        cluster.nodes[&3].term(),
+        term,
+        "pre-vote must not bump the term"
+    );
     cluster.heal();
     cluster.tick_all(30);
     assert_eq!(cluster.nodes[&1].role(), Role::Leader);
@@ -187,7 +194,11 @@ fn check_quorum_leader_without_a_quorum_steps_down() {
     assert!(without.elect(1));
     without.isolate(1);
     without.tick_all(25);
-    assert_eq!(without.nodes[&1].role(), Role::Leader, "without check-quorum it stays");
+    assert_eq!(
+        without.nodes[&1].role(),
+        Role::Leader,
+        "without check-quorum it stays"
+    );
 }
 
 /// Check-quorum also gives followers a lease: they ignore vote requests

@@ -48,7 +48,9 @@ fn log_matching_after_leader_changes() {
         // Propose while one follower is cut off, so logs diverge.
         cluster.isolate((round + 2) % 5 + 1);
         if cluster.nodes[&current].role() == Role::Leader {
-            let _ = cluster.node(current).propose(format!("r{round}").into_bytes());
+            let _ = cluster
+                .node(current)
+                .propose(format!("r{round}").into_bytes());
             cluster.handle_ready(current);
             cluster.settle();
         }
@@ -87,7 +89,11 @@ fn leader_completeness_and_state_machine_safety() {
     cluster.elect(3);
     assert_ne!(cluster.nodes[&3].role(), Role::Leader);
     cluster.tick_all(30);
-    let leader = *cluster.leaders().iter().find(|&&id| id != 1).expect("a new leader");
+    let leader = *cluster
+        .leaders()
+        .iter()
+        .find(|&&id| id != 1)
+        .expect("a new leader");
     assert_eq!(leader, 2, "only node 2 has every committed entry");
     let log = cluster.log(leader);
     assert!(log.len() as u64 >= committed);
@@ -97,7 +103,10 @@ fn leader_completeness_and_state_machine_safety() {
     let applied: Vec<_> = (1..=3).map(|id| cluster.applied[&id].clone()).collect();
     assert_eq!(applied[0], applied[1]);
     assert_eq!(applied[1], applied[2]);
-    assert_eq!(applied[0], vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]);
+    assert_eq!(
+        applied[0],
+        vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]
+    );
 }
 
 /// Figure 7: whatever the followers' logs (missing entries, extra
@@ -106,12 +115,12 @@ fn leader_completeness_and_state_machine_safety() {
 fn figure_7_followers_converge_to_the_leader_log() {
     let leader_log = [1, 1, 1, 4, 4, 5, 5, 6, 6, 6];
     let followers: [&[u64]; 6] = [
-        &[1, 1, 1, 4, 4, 5, 5, 6, 6],             // (a) missing one
-        &[1, 1, 1, 4],                            // (b) missing many
-        &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 6],       // (c) one extra
-        &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 7, 7],    // (d) extra of a later term
-        &[1, 1, 1, 4, 4, 4, 4],                   // (e) missing and extra
-        &[1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3],       // (f) long divergent suffix
+        &[1, 1, 1, 4, 4, 5, 5, 6, 6],          // (a) missing one
+        &[1, 1, 1, 4],                         // (b) missing many
+        &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 6],    // (c) one extra
+        &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 7, 7], // (d) extra of a later term
+        &[1, 1, 1, 4, 4, 4, 4],                // (e) missing and extra
+        &[1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3],    // (f) long divergent suffix
     ];
     let voters: Vec<u64> = (1..=7).collect();
     let mut cluster = Cluster::new(&voters);
@@ -143,15 +152,27 @@ fn figure_8_entries_of_earlier_terms_are_not_committed_by_counting() {
     cluster.add_node(3, with_conf(storage_with(&[1], 2), &voters));
     // The leader learns that the followers have index 2 (term 2) but not
     // that they have its own entry at index 3.
-    cluster.drop_if = Box::new(|m: &Message| {
-        matches!(m.body, MessageBody::AppendResponse { index, reject: false, .. } if index >= 3)
-    });
+    cluster.drop_if = Box::new(
+        |m: &Message| matches!(m.body, MessageBody::AppendResponse { index, reject: false, .. } if index >= 3),
+    );
     assert!(cluster.elect(1));
     assert_eq!(cluster.nodes[&1].term(), 3);
     cluster.tick_all(3);
-    let matched: Vec<u64> = cluster.nodes[&1].progress().iter().map(|p| p.matched).collect();
-    assert_eq!(matched, vec![3, 2, 2], "a quorum has the term-2 entry at index 2");
-    assert_eq!(cluster.nodes[&1].committed(), 0, "the term-2 entry must not commit");
+    let matched: Vec<u64> = cluster.nodes[&1]
+        .progress()
+        .iter()
+        .map(|p| p.matched)
+        .collect();
+    assert_eq!(
+        matched,
+        vec![3, 2, 2],
+        "a quorum has the term-2 entry at index 2"
+    );
+    assert_eq!(
+        cluster.nodes[&1].committed(),
+        0,
+        "the term-2 entry must not commit"
+    );
     cluster.drop_if = Box::new(|_| false);
     cluster.tick_all(3);
     assert_eq!(cluster.nodes[&1].committed(), 3);
@@ -233,7 +254,10 @@ fn uncommitted_bytes_are_bounded_at_the_leader() {
     cluster.isolate(1);
     cluster.node(1).propose(vec![0; 1000]).unwrap();
     cluster.node(1).propose(vec![0; 900]).unwrap();
-    assert_eq!(cluster.node(1).propose(vec![0; 1000]), Err(Error::UncommittedLimit));
+    assert_eq!(
+        cluster.node(1).propose(vec![0; 1000]),
+        Err(Error::UncommittedLimit)
+    );
     cluster.handle_ready(1);
     cluster.heal();
     cluster.settle();

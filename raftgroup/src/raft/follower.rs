@@ -63,7 +63,10 @@ impl<S: LogStorage> Raft<S> {
             self.send(m.from, self.term, body);
             return;
         }
-        match self.log.maybe_append(prev_index, prev_term, commit, &entries) {
+        match self
+            .log
+            .maybe_append(prev_index, prev_term, commit, &entries)
+        {
             AppendOutcome::Matched { last_new_index } => {
                 let body = MessageBody::AppendResponse {
                     index: last_new_index,
@@ -116,11 +119,7 @@ impl<S: LogStorage> Raft<S> {
         };
         let index = snapshot.meta.index;
         let restored = self.restore(snapshot);
-        let matched = if restored {
-            index
-        } else {
-            self.log.committed
-        };
+        let matched = if restored { index } else { self.log.committed };
         let body = MessageBody::AppendResponse {
             index: matched,
             reject: false,

@@ -36,7 +36,8 @@ impl<S: LogStorage> Raft<S> {
     /// configuration as it is, on every replica alike.
     pub(crate) fn apply_conf_change(&mut self, change: &ConfChange) -> Result<ConfState> {
         let next = confchange::apply(self.tracker.conf_state(), change)?;
-        self.tracker.set_conf(next.clone(), self.log.last_index() + 1);
+        self.tracker
+            .set_conf(next.clone(), self.log.last_index() + 1);
         if self.role != Role::Leader {
             return Ok(next);
         }

@@ -16,9 +16,7 @@ use crate::log::RaftLog;
 use crate::rng::SplitMix64;
 use crate::storage::LogStorage;
 use crate::tracker::ProgressTracker;
-use crate::types::{
-    HardState, Message, MessageBody, NodeId, ReadState, Role, SoftState, NO_NODE,
-};
+use crate::types::{HardState, Message, MessageBody, NodeId, ReadState, Role, SoftState, NO_NODE};
 
 pub(crate) use read::ReadQueue;
 
@@ -138,7 +136,9 @@ impl<S: LogStorage> Raft<S> {
     }
 
     pub(crate) fn committed_in_current_term(&self) -> bool {
-        self.log.term(self.log.committed).is_ok_and(|t| t == self.term)
+        self.log
+            .term(self.log.committed)
+            .is_ok_and(|t| t == self.term)
     }
 
     /// Queues a message. Leader-only kinds may leave before persistence;

@@ -125,7 +125,11 @@ impl<S: LogStorage> Raft<S> {
         if from == self.id {
             self.reads_awaiting_apply.push(ReadState { request, index });
         } else {
-            self.send(from, self.term, MessageBody::ReadIndexResponse { request, index });
+            self.send(
+                from,
+                self.term,
+                MessageBody::ReadIndexResponse { request, index },
+            );
         }
     }
 

@@ -4,8 +4,8 @@
 mod inflights;
 mod progress;
 
-pub use progress::ProgressState;
 pub(crate) use progress::Progress;
+pub use progress::ProgressState;
 
 use crate::quorum::{self, VoteResult};
 use crate::types::{ConfState, NodeId};
@@ -96,7 +96,9 @@ impl ProgressTracker {
     }
 
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (NodeId, &mut Progress)> {
-        self.progress.iter_mut().map(|(id, progress)| (*id, progress))
+        self.progress
+            .iter_mut()
+            .map(|(id, progress)| (*id, progress))
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (NodeId, &Progress)> {

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use flotilla_raftgroup::{
-    Config, ConfChange, ConfState, Entry, EntryKind, Message, MemStorage, NodeId, RawNode,
+    ConfChange, ConfState, Config, Entry, EntryKind, MemStorage, Message, NodeId, RawNode,
     ReadState, Role, NO_NODE,
 };
 
@@ -113,7 +113,10 @@ impl Cluster {
                     EntryKind::Normal => {}
                 }
             }
-            self.reads.entry(id).or_default().extend(ready.read_states.iter().copied());
+            self.reads
+                .entry(id)
+                .or_default()
+                .extend(ready.read_states.iter().copied());
             node.advance(ready);
         }
     }
@@ -182,7 +185,9 @@ impl Cluster {
     }
 
     pub fn propose(&mut self, id: NodeId, data: &[u8]) {
-        self.node(id).propose(data.to_vec()).expect("proposal accepted");
+        self.node(id)
+            .propose(data.to_vec())
+            .expect("proposal accepted");
         self.handle_ready(id);
         self.settle();
     }
