@@ -52,6 +52,14 @@ impl<S: LogStorage> Raft<S> {
         else {
             return;
         };
+        let contiguous = entries
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.index == prev_index + 1 + i as u64 && e.term >= prev_term);
+        if !contiguous {
+            // Malformed: entries must follow `prev_index` without gaps.
+            return;
+        }
         if prev_index < self.log.committed {
             // Everything up to our commit index is known to match.
             let body = MessageBody::AppendResponse {

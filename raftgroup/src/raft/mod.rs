@@ -251,6 +251,17 @@ impl<S: LogStorage> Raft<S> {
         if m.from == self.id || m.from == NO_NODE {
             return Ok(());
         }
+        let forwarded = matches!(
+            m.body,
+            MessageBody::Propose { .. }
+                | MessageBody::ReadIndex { .. }
+                | MessageBody::TransferLeader { .. }
+        );
+        if (m.term == 0) != forwarded {
+            // Only forwarded requests are term-free; anything else without a
+            // term (or a forwarded request with one) is malformed.
+            return Ok(());
+        }
         let lease = self.in_lease(m.from);
         if self.quiesced {
             let from_leader = m.from == self.lead
