@@ -1,1 +1,219 @@
-fn main() {}
+//! `flotilla-bench`: flotilla's throughput suite. Every benchmark measures a
+//! baseline in the same run and reports ratios against it.
+
+mod wal;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "flotilla-bench", about = "flotilla's throughput benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The shared WAL against raft-engine: groups × writer threads × entries
+    /// per write, 256-byte entries, every write synced; plus the disk's own
+    /// write+fdatasync figures and WAL recovery time.
+    Wal(WalArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct WalArgs {
+    /// Seconds per cell and engine.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Where the logs are written (on the disk to measure).
+    #[arg(long, default_value = "target/flotilla-bench")]
+    dir: PathBuf,
+    /// Only the 1- and 16-thread cells with 16 entries per write.
+    #[arg(long)]
+    quick: bool,
+    /// Bytes written before timing recovery (0 skips the recovery figure).
+    #[arg(long, default_value_t = 1 << 30)]
+    recovery_bytes: u64,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Wal(args) => run_wal(args),
+    }
+}
+
+fn run_wal(args: WalArgs) {
+    let duration = Duration::from_secs_f64(args.seconds);
+    std::fs::create_dir_all(&args.dir)
+        .unwrap_or_else(|e| panic!("mkdir {}: {e}", args.dir.display()));
+    let mut cells = Vec::new();
+    let threads: &[usize] = if args.quick {
+        &[1, 16]
+    } else {
+        &[1, 4, 16, 64]
+    };
+    let per_write: &[usize] = if args.quick { &[16] } else { &[1, 16] };
+    for &t in threads {
+        for &e in per_write {
+            cells.push(wal::Cell {
+                groups: 1000,
+                threads: t,
+                entries_per_write: e,
+            });
+        }
+    }
+    cells.push(wal::Cell {
+        groups: 10_000,
+        threads: 64,
+        entries_per_write: 16,
+    });
+
+    eprintln!("measuring the disk (write + fdatasync, preallocated and pre-written file)");
+    let disk: Vec<wal::DiskResult> = [4096usize, 1 << 20]
+        .iter()
+        .map(|&block| wal::measure_disk(&args.dir, block, duration))
+        .collect();
+
+    let mut rows = Vec::new();
+    for (i, &cell) in cells.iter().enumerate() {
+        eprintln!(
+            "[{}/{}] groups={} threads={} entries/write={}",
+            i + 1,
+            cells.len(),
+            cell.groups,
+            cell.threads,
+            cell.entries_per_write
+        );
+        let dir = wal::fresh_dir(&args.dir, "flotilla");
+        let flotilla = wal::FlotillaLog::open(&dir, flotilla::wal::WalConfig::default());
+        let ours = wal::run_cell(&flotilla, cell, duration);
+        drop(flotilla);
+        let dir = wal::fresh_dir(&args.dir, "raft-engine");
+        let engine = wal::RaftEngineLog::open(&dir);
+        let theirs = wal::run_cell(&engine, cell, duration);
+        drop(engine);
+        rows.push((ours, theirs));
+    }
+    let _ = std::fs::remove_dir_all(args.dir.join("flotilla"));
+    let _ = std::fs::remove_dir_all(args.dir.join("raft-engine"));
+
+    let recovery = (args.recovery_bytes > 0).then(|| {
+        eprintln!(
+            "writing {} MiB over 10,000 groups for the recovery figure",
+            args.recovery_bytes >> 20
+        );
+        let dir = wal::fresh_dir(&args.dir, "recovery");
+        let figures = wal::measure_recovery(&dir, 10_000, args.recovery_bytes);
+        let _ = std::fs::remove_dir_all(&dir);
+        figures
+    });
+
+    print_report(&disk, &rows, recovery);
+}
+
+fn fmt_syncs(result: &wal::CellResult) -> String {
+    result
+        .syncs_per_sec()
+        .map_or_else(|| "-".to_string(), |s| format!("{s:.0}"))
+}
+
+fn print_report(
+    disk: &[wal::DiskResult],
+    rows: &[(wal::CellResult, wal::CellResult)],
+    recovery: Option<(Duration, Duration, u64)>,
+) {
+    println!();
+    println!("disk: write + fdatasync in a loop (same run)");
+    println!(
+        "{:>10} {:>12} {:>10} {:>10} {:>10}",
+        "block", "syncs/s", "MB/s", "p50 us", "p99 us"
+    );
+    for d in disk {
+        println!(
+            "{:>10} {:>12.0} {:>10.1} {:>10} {:>10}",
+            d.block_bytes, d.syncs_per_sec, d.mb_per_sec, d.latency_us_p50, d.latency_us_p99
+        );
+    }
+    println!();
+    println!("WAL: 256-byte entries, every write synced; ratio = flotilla / raft-engine entries/s");
+    println!(
+        "{:>7} {:>7} {:>5} | {:>12} {:>8} {:>8} {:>8} {:>8} | {:>12} {:>8} {:>8} {:>8} {:>8} | {:>6}",
+        "groups", "threads", "e/w",
+        "flot e/s", "MB/s", "p50us", "p99us", "sync/s",
+        "r-e e/s", "MB/s", "p50us", "p99us", "sync/s",
+        "ratio"
+    );
+    for (ours, theirs) in rows {
+        let c = ours.cell;
+        println!(
+            "{:>7} {:>7} {:>5} | {:>12.0} {:>8.1} {:>8} {:>8} {:>8} | {:>12.0} {:>8.1} {:>8} {:>8} {:>8} | {:>6.2}",
+            c.groups,
+            c.threads,
+            c.entries_per_write,
+            ours.entries_per_sec(),
+            ours.mb_per_sec(),
+            ours.latency_us_p50,
+            ours.latency_us_p99,
+            fmt_syncs(ours),
+            theirs.entries_per_sec(),
+            theirs.mb_per_sec(),
+            theirs.latency_us_p50,
+            theirs.latency_us_p99,
+            fmt_syncs(theirs),
+            ours.entries_per_sec() / theirs.entries_per_sec(),
+        );
+    }
+    if let Some((write, open, groups)) = recovery {
+        println!();
+        println!(
+            "recovery: wrote the WAL in {:.1} s; reopening it took {:.3} s and recovered {groups} groups",
+            write.as_secs_f64(),
+            open.as_secs_f64()
+        );
+    }
+    println!();
+    for d in disk {
+        println!(
+            "{{\"bench\":\"disk\",\"block_bytes\":{},\"syncs_per_sec\":{:.1},\"mb_per_sec\":{:.2},\"latency_us_p50\":{},\"latency_us_p99\":{}}}",
+            d.block_bytes, d.syncs_per_sec, d.mb_per_sec, d.latency_us_p50, d.latency_us_p99
+        );
+    }
+    for (ours, theirs) in rows {
+        for r in [ours, theirs] {
+            let c = r.cell;
+            println!(
+                "{{\"bench\":\"wal\",\"engine\":\"{}\",\"groups\":{},\"threads\":{},\"entries_per_write\":{},\"entries_per_sec\":{:.1},\"writes_per_sec\":{:.1},\"mb_per_sec\":{:.2},\"latency_us_p50\":{},\"latency_us_p99\":{},\"latency_us_p999\":{},\"syncs_per_sec\":{}}}",
+                r.engine,
+                c.groups,
+                c.threads,
+                c.entries_per_write,
+                r.entries_per_sec(),
+                r.writes_per_sec(),
+                r.mb_per_sec(),
+                r.latency_us_p50,
+                r.latency_us_p99,
+                r.latency_us_p999,
+                r.syncs_per_sec().map_or("null".to_string(), |s| format!("{s:.1}")),
+            );
+        }
+        let c = ours.cell;
+        println!(
+            "{{\"bench\":\"wal_ratio\",\"groups\":{},\"threads\":{},\"entries_per_write\":{},\"flotilla_over_raft_engine\":{:.3}}}",
+            c.groups,
+            c.threads,
+            c.entries_per_write,
+            ours.entries_per_sec() / theirs.entries_per_sec()
+        );
+    }
+    if let Some((write, open, groups)) = recovery {
+        println!(
+            "{{\"bench\":\"wal_recovery\",\"groups\":{groups},\"write_seconds\":{:.3},\"recovery_seconds\":{:.3}}}",
+            write.as_secs_f64(),
+            open.as_secs_f64()
+        );
+    }
+}
