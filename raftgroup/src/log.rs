@@ -271,10 +271,11 @@ impl<S: LogStorage> RaftLog<S> {
         self.unstable_snapshot.as_ref()
     }
 
-    /// The host took the unstable entries and snapshot to persist.
-    pub(crate) fn mark_handed_out(&mut self) {
+    /// Hands the unstable entries to the host to persist. From here on they
+    /// are read back from storage, which has them once `advance` is called.
+    pub(crate) fn take_unstable(&mut self) -> Vec<Entry> {
         self.unstable_offset += self.unstable.len() as u64;
-        self.unstable.clear();
+        std::mem::take(&mut self.unstable)
     }
 
     /// The host persisted and applied the unstable snapshot.

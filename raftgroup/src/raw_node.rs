@@ -264,11 +264,10 @@ impl<S: LogStorage> RawNode<S> {
             .log
             .committed_to_apply(raft.cfg.max_committed_bytes_per_ready)
             .map_err(Error::Storage)?;
-        ready.entries = raft.log.unstable_entries().to_vec();
+        ready.entries = raft.log.take_unstable();
         if !ready.entries.is_empty() {
             ready.must_sync = true;
         }
-        raft.log.mark_handed_out();
         raft.reduce_uncommitted(&committed);
         let applied_to = committed.last().map_or(raft.log.applied, |e| e.index);
         ready.committed_entries = committed;
