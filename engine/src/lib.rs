@@ -1,6 +1,10 @@
 //! flotilla: the embeddable multi-Raft storage engine.
 //!
-//! The write-ahead log, per-group log storage, range state machines, the node
-//! runtime and the public `Node`/`Db` API are delivered by the WAL and node
-//! issues. Until they land this crate exports nothing, so nothing can be
-//! mistaken for a working engine.
+//! [`wal`] is the shared write-ahead log every Raft group of a node writes
+//! through. [`range`] is the key-value state machine of one range: its
+//! commands, deterministic apply, and checksummed snapshot files. The node
+//! runtime and the public `Node`/`Db` API are delivered by the node issue;
+//! until they land nothing here pretends to be a working engine.
+
+pub mod range;
+pub mod wal;

@@ -51,9 +51,9 @@ pub trait WalFs: Send + Sync + fmt::Debug {
 /// One preallocated file of fixed length.
 pub trait SegmentFile: Send + Sync + fmt::Debug {
     /// Length in bytes (fixed at creation).
-    fn len(&self) -> u64;
+    fn size_bytes(&self) -> u64;
     /// Writes all of `bytes` at `offset`. `offset + bytes.len()` must not
-    /// exceed [`SegmentFile::len`].
+    /// exceed [`SegmentFile::size_bytes`].
     fn write_at(&self, offset: u64, bytes: &[u8]) -> io::Result<()>;
     /// Returns `len` bytes starting at `offset`.
     fn read_at(&self, offset: u64, len: usize) -> io::Result<ReadView>;
@@ -106,22 +106,48 @@ impl Deref for ReadView {
 
 impl fmt::Debug for ReadView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReadView").field("len", &self.len()).finish()
+        f.debug_struct("ReadView")
+            .field("len", &self.len())
+            .finish()
     }
 }
 
 /// The real file layer over one directory.
+///
+/// Holds an exclusive `flock` on `{dir}/LOCK` for its lifetime: two WALs
+/// appending to the same directory would destroy each other's records.
 #[derive(Debug)]
 pub struct DiskFs {
     dir: PathBuf,
+    _lock: File,
 }
 
+/// Name of the lock file in a WAL directory.
+pub const LOCK_FILE_NAME: &str = "LOCK";
+
 impl DiskFs {
-    /// Uses `dir`, creating it if needed.
+    /// Uses `dir`, creating it if needed, and locks it. Fails with
+    /// `WouldBlock` if another `DiskFs` (in this or another process) holds it.
     pub fn new(dir: impl Into<PathBuf>) -> io::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
-        Ok(Self { dir })
+        let lock_path = dir.join(LOCK_FILE_NAME);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)?;
+        lock_exclusive(&lock).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{} is locked: another WAL has this directory open ({e})",
+                    lock_path.display()
+                ),
+            )
+        })?;
+        Ok(Self { dir, _lock: lock })
     }
 
     /// The directory.
@@ -237,7 +263,7 @@ fn check_range(offset: u64, len: u64, file_len: u64) -> io::Result<()> {
 }
 
 impl SegmentFile for DiskSegment {
-    fn len(&self) -> u64 {
+    fn size_bytes(&self) -> u64 {
         self.len
     }
 
@@ -297,6 +323,19 @@ fn write_zeros(file: &File, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Takes a non-blocking exclusive advisory lock, released when `file` closes.
+fn lock_exclusive(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is valid for the lifetime of `file`; flock has
+    // no memory-safety preconditions.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn statvfs_available(dir: &Path) -> io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes())
@@ -325,7 +364,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs = DiskFs::new(dir.path()).unwrap();
         let seg = fs.create("a.tmp", 64 * 1024).unwrap();
-        assert_eq!(seg.len(), 64 * 1024);
+        assert_eq!(seg.size_bytes(), 64 * 1024);
         seg.write_at(4096, b"hello").unwrap();
         seg.sync_data().unwrap();
         assert_eq!(&*seg.read_at(4096, 5).unwrap(), b"hello");
@@ -338,11 +377,15 @@ mod tests {
         assert!(meta.blocks() * 512 >= 64 * 1024);
         fs.rename("a.tmp", "b.wal").unwrap();
         fs.sync_dir().unwrap();
-        assert_eq!(fs.list().unwrap(), vec!["b.wal".to_string()]);
+        let mut names = fs.list().unwrap();
+        names.sort();
+        assert_eq!(names, vec![LOCK_FILE_NAME.to_string(), "b.wal".to_string()]);
         let again = fs.open("b.wal").unwrap();
         assert_eq!(&*again.read_at(4096, 5).unwrap(), b"hello");
         fs.remove("b.wal").unwrap();
-        assert!(fs.list().unwrap().is_empty());
+        assert_eq!(fs.list().unwrap(), vec![LOCK_FILE_NAME.to_string()]);
+        let err = DiskFs::new(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("locked"), "{err}");
         assert!(fs.available_bytes().unwrap() > 0);
     }
 }

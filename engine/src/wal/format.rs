@@ -247,12 +247,14 @@ pub fn encode_segment_header(seq: u64) -> [u8; SEGMENT_HEADER_BYTES] {
 
 /// Checks the header of the segment whose file name says `expected_seq`.
 pub fn decode_segment_header(bytes: &[u8], expected_seq: u64) -> Result<(), FormatError> {
-    let h = bytes.get(..SEGMENT_HEADER_BYTES).ok_or(FormatError::Truncated {
-        what: "segment header",
-        offset: 0,
-        needed: SEGMENT_HEADER_BYTES,
-        available: bytes.len(),
-    })?;
+    let h = bytes
+        .get(..SEGMENT_HEADER_BYTES)
+        .ok_or(FormatError::Truncated {
+            what: "segment header",
+            offset: 0,
+            needed: SEGMENT_HEADER_BYTES,
+            available: bytes.len(),
+        })?;
     if h[0..8] != SEGMENT_MAGIC {
         return Err(FormatError::BadSegmentMagic);
     }
@@ -353,12 +355,14 @@ pub struct RecordView<'a> {
 /// Reads the record at the start of `bytes` (which run to the end of the
 /// segment) and verifies its checksum against segment `seq`.
 pub fn read_record(seq: u64, bytes: &[u8]) -> Result<RecordView<'_>, FormatError> {
-    let head = bytes.get(..RECORD_HEADER_BYTES).ok_or(FormatError::Truncated {
-        what: "record header",
-        offset: 0,
-        needed: RECORD_HEADER_BYTES,
-        available: bytes.len(),
-    })?;
+    let head = bytes
+        .get(..RECORD_HEADER_BYTES)
+        .ok_or(FormatError::Truncated {
+            what: "record header",
+            offset: 0,
+            needed: RECORD_HEADER_BYTES,
+            available: bytes.len(),
+        })?;
     if u32_at(head, 12) != RECORD_MAGIC {
         return Err(FormatError::BadRecordMagic);
     }
@@ -782,7 +786,10 @@ mod tests {
         for i in 0..payload_end {
             let mut bad = record.clone();
             bad[i] ^= 0x40;
-            assert!(decode_record(3, &bad).is_err(), "flip at {i} went unnoticed");
+            assert!(
+                decode_record(3, &bad).is_err(),
+                "flip at {i} went unnoticed"
+            );
         }
     }
 
@@ -819,7 +826,10 @@ mod tests {
             parse_file_name("0000000000000012.wal"),
             Some(FileRole::Segment(12))
         );
-        assert_eq!(parse_file_name(&spare_file_name(3)), Some(FileRole::Spare(3)));
+        assert_eq!(
+            parse_file_name(&spare_file_name(3)),
+            Some(FileRole::Spare(3))
+        );
         assert_eq!(parse_file_name(&temp_file_name(4)), Some(FileRole::Temp(4)));
         assert_eq!(parse_file_name("12.wal"), None);
         assert_eq!(parse_file_name("000000000000001x.wal"), None);

@@ -157,6 +157,13 @@ impl SimFs {
         s.power_cut_at_op = Some(s.mutating_ops + n.max(1));
     }
 
+    /// Cancels scheduled IO errors and power cuts that have not fired.
+    pub fn clear_faults(&self) {
+        let mut s = self.state.lock();
+        s.fail_at_op = None;
+        s.power_cut_at_op = None;
+    }
+
     /// True once a scheduled power cut happened (and no crash reset it).
     pub fn is_powered_off(&self) -> bool {
         self.state.lock().powered_off
@@ -164,7 +171,7 @@ impl SimFs {
 
     /// Simulates a crash and restart: every unsynced byte and directory change
     /// is lost, except that (seeded) the last unsynced write may survive in
-    /// part. Handles opened before the crash stop working.
+    /// part or whole. Handles opened before the crash stop working.
     pub fn crash(&self) {
         let mut s = self.state.lock();
         let s = &mut *s;
@@ -183,7 +190,13 @@ impl SimFs {
             file.data.clone_from(&file.durable);
         }
         if let Some(w) = torn {
-            let keep = s.rng.below(w.bytes.len() as u64 + 1) as usize;
+            // Sometimes the whole write made it to disk before the power
+            // went, though its sync never returned.
+            let keep = if s.rng.chance(25) {
+                w.bytes.len()
+            } else {
+                s.rng.below(w.bytes.len() as u64 + 1) as usize
+            };
             if let Some(file) = s.files.get_mut(&w.file) {
                 file.durable[w.offset..w.offset + keep].copy_from_slice(&w.bytes[..keep]);
                 file.data.clone_from(&file.durable);
@@ -209,7 +222,10 @@ impl SimFs {
         let id = *s.dir.get(name).ok_or_else(|| not_found(name))?;
         let file = s.files.get_mut(&id).ok_or_else(|| not_found(name))?;
         if offset >= file.data.len() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "offset past end"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "offset past end",
+            ));
         }
         file.data[offset] ^= mask;
         file.durable[offset] ^= mask;
@@ -262,11 +278,17 @@ impl WalFs for SimFs {
         let mut s = self.state.lock();
         s.begin_op("create")?;
         if s.dir.contains_key(name) {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, name.to_string()));
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                name.to_string(),
+            ));
         }
         if let Some(cap) = s.capacity_bytes {
             if s.used_bytes() + len > cap {
-                return Err(io::Error::new(io::ErrorKind::StorageFull, "simulated full disk"));
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "simulated full disk",
+                ));
             }
         }
         let id = s.next_file;
@@ -354,7 +376,7 @@ impl SimSegment {
 }
 
 impl SegmentFile for SimSegment {
-    fn len(&self) -> u64 {
+    fn size_bytes(&self) -> u64 {
         self.len
     }
 
@@ -366,7 +388,10 @@ impl SegmentFile for SimSegment {
             .checked_add(bytes.len() as u64)
             .filter(|&e| e <= self.len)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "write past end"))?;
-        let file = s.files.get_mut(&self.id).ok_or_else(|| not_found("segment"))?;
+        let file = s
+            .files
+            .get_mut(&self.id)
+            .ok_or_else(|| not_found("segment"))?;
         file.data[offset as usize..end as usize].copy_from_slice(bytes);
         s.unsynced.push(UnsyncedWrite {
             file: self.id,
@@ -394,7 +419,10 @@ impl SegmentFile for SimSegment {
         self.check_epoch(&s)?;
         s.begin_op("sync")?;
         let s = &mut *s;
-        let file = s.files.get_mut(&self.id).ok_or_else(|| not_found("segment"))?;
+        let file = s
+            .files
+            .get_mut(&self.id)
+            .ok_or_else(|| not_found("segment"))?;
         for w in s.unsynced.iter().filter(|w| w.file == self.id) {
             let range = w.offset..w.offset + w.bytes.len();
             file.durable[range.clone()].copy_from_slice(&file.data[range]);
