@@ -1,10 +1,12 @@
 //! flotilla: the embeddable multi-Raft storage engine.
 //!
 //! [`wal`] is the shared write-ahead log every Raft group of a node writes
-//! through. [`range`] is the key-value state machine of one range: its
+//! through; [`group_log`] presents one group's part of it to the Raft core.
+//! [`range`] is the key-value state machine of one range: its
 //! commands, deterministic apply, and checksummed snapshot files. The node
 //! runtime and the public `Node`/`Db` API are delivered by the node issue;
 //! until they land nothing here pretends to be a working engine.
 
+pub mod group_log;
 pub mod range;
 pub mod wal;
