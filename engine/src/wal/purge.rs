@@ -169,6 +169,7 @@ impl Wal {
                 .segments_freed
                 .fetch_add(1, Ordering::Relaxed);
         }
+        shared.publish_size();
         Ok(report)
     }
 

@@ -369,6 +369,7 @@ impl Shared {
     /// so nothing written since the last good sync can be trusted.
     fn write_and_sync(&self, tail: &Tail, buf: &[u8]) -> Result<(), WalError> {
         let name = format::segment_file_name(tail.seq);
+        let started = std::time::Instant::now();
         let result = tail
             .file
             .write_at(tail.offset, buf)
@@ -381,6 +382,9 @@ impl Shared {
         c.syncs.fetch_add(1, Ordering::Relaxed);
         c.bytes_written
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        metrics::counter!("flotilla_wal_syncs_total").increment(1);
+        metrics::counter!("flotilla_wal_written_bytes_total").increment(buf.len() as u64);
+        metrics::histogram!("flotilla_wal_sync_seconds").record(started.elapsed().as_secs_f64());
         result
     }
 
@@ -404,6 +408,17 @@ impl Shared {
             });
         }
         Ok(())
+    }
+
+    /// Publishes the WAL's size as metrics: segments held and bytes on disk
+    /// (segments are preallocated, so their count times their size is
+    /// exact; spares count too).
+    pub(crate) fn publish_size(&self) {
+        let segments = self.index.read().segments.len();
+        let spares = self.spares.lock().len();
+        metrics::gauge!("flotilla_wal_segments").set(segments as f64);
+        metrics::gauge!("flotilla_wal_bytes")
+            .set(((segments + spares) as u64 * self.config.segment_bytes) as f64);
     }
 
     /// Seals the active segment and switches to the next one.
@@ -434,6 +449,7 @@ impl Shared {
             sealed: false,
         };
         self.counters.rotations.fetch_add(1, Ordering::Relaxed);
+        self.publish_size();
         Ok(())
     }
 
