@@ -56,6 +56,7 @@ mod batch;
 pub mod file;
 pub mod format;
 mod index;
+pub mod inspect;
 mod purge;
 mod recovery;
 pub mod sim;

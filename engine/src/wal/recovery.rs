@@ -178,15 +178,15 @@ pub(crate) fn recover(fs: &Arc<dyn WalFs>, config: &WalConfig) -> Result<Recover
     })
 }
 
-struct Scan {
+pub(super) struct Scan {
     /// Offset where the next record goes (or of the seal).
-    end: u64,
-    sealed: bool,
-    tail_discarded: bool,
+    pub(super) end: u64,
+    pub(super) sealed: bool,
+    pub(super) tail_discarded: bool,
 }
 
 /// Replays one segment into `index`. `Err((offset, reason))` is corruption.
-fn scan_segment(
+pub(super) fn scan_segment(
     seq: u64,
     bytes: &[u8],
     is_last: bool,
