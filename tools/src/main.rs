@@ -1,1 +1,168 @@
-fn main() {}
+//! The `flotilla` command line.
+
+use std::ops::Range;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use flotilla_tools::sim::raft::runner::{run_range, Progress};
+use flotilla_tools::sim::raft::{run_seed, Options, PlantedBug, DEFAULT_TICKS};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "flotilla: a multi-Raft storage engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Seeded simulations of production code under faults.
+    #[command(subcommand)]
+    Sim(Sim),
+}
+
+#[derive(Debug, Subcommand)]
+enum Sim {
+    /// Drive real raftgroup replicas through seeded fault schedules and
+    /// check Raft's safety properties after every event.
+    Raft(RaftArgs),
+}
+
+#[derive(Debug, Args)]
+struct RaftArgs {
+    /// Seeds to run, `A..B` (B excluded) or a single seed `A`.
+    #[arg(long, value_parser = parse_seeds)]
+    seeds: Range<u64>,
+    /// Print every event of every seed (runs the seeds one after another).
+    #[arg(long)]
+    verbose: bool,
+    /// Ticks per run; faults stop after 70% of them.
+    #[arg(long, default_value_t = DEFAULT_TICKS)]
+    ticks: u64,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Plant a bug in the simulated host, to watch the checks catch it.
+    #[arg(long, value_enum)]
+    plant_bug: Option<Bug>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Bug {
+    /// Followers answer reads from their own state at once.
+    StaleFollowerReads,
+    /// Hard states are persisted without the vote.
+    ForgetVote,
+}
+
+impl From<Bug> for PlantedBug {
+    fn from(bug: Bug) -> Self {
+        match bug {
+            Bug::StaleFollowerReads => PlantedBug::StaleFollowerReads,
+            Bug::ForgetVote => PlantedBug::ForgetVote,
+        }
+    }
+}
+
+fn parse_seeds(text: &str) -> Result<Range<u64>, String> {
+    let number = |part: &str| {
+        part.trim()
+            .parse::<u64>()
+            .map_err(|error| format!("`{part}` is not a seed: {error}"))
+    };
+    let range = match text.split_once("..") {
+        Some((start, end)) => number(start)?..number(end)?,
+        None => {
+            let seed = number(text)?;
+            seed..seed.saturating_add(1)
+        }
+    };
+    if range.is_empty() {
+        return Err(format!("`{text}` holds no seeds; write A..B with A < B"));
+    }
+    Ok(range)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sim(Sim::Raft(args)) => sim_raft(&args),
+    }
+}
+
+fn sim_raft(args: &RaftArgs) -> ExitCode {
+    if args.ticks < 10 {
+        eprintln!("--ticks must be at least 10");
+        return ExitCode::FAILURE;
+    }
+    let options = Options {
+        ticks: args.ticks,
+        verbose: args.verbose,
+        planted_bug: args.plant_bug.map(PlantedBug::from),
+        ..Options::default()
+    };
+    let (passed, failed) = if args.verbose {
+        sim_raft_verbose(args.seeds.clone(), &options)
+    } else {
+        sim_raft_parallel(args, &options)
+    };
+    println!("{passed} seeds passed, {failed} failed");
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn sim_raft_verbose(seeds: Range<u64>, options: &Options) -> (u64, u64) {
+    let (mut passed, mut failed) = (0, 0);
+    for seed in seeds {
+        println!("=== seed {seed}");
+        match run_seed(seed, options).outcome {
+            Ok(stats) => {
+                passed += 1;
+                println!("seed {seed} passed: {stats:?}");
+            }
+            Err(failure) => {
+                failed += 1;
+                println!("{failure}");
+            }
+        }
+    }
+    (passed, failed)
+}
+
+fn sim_raft_parallel(args: &RaftArgs, options: &Options) -> (u64, u64) {
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let summary = run_range(
+        args.seeds.clone(),
+        options,
+        threads,
+        |failure| eprintln!("seed {} FAILED: {}", failure.seed, failure.property),
+        |progress: &Progress| {
+            eprintln!(
+                "{}/{} seeds, {} failed, {:.1} seeds/s",
+                progress.done,
+                progress.total,
+                progress.failed,
+                progress.seeds_per_second()
+            )
+        },
+    );
+    for failure in &summary.failures {
+        println!("{failure}");
+    }
+    println!(
+        "{:.1} seeds/s ({:.1} s on {} threads)",
+        summary.seeds_per_second(),
+        summary.elapsed.as_secs_f64(),
+        summary.threads
+    );
+    (summary.passed, summary.failures.len() as u64)
+}

@@ -48,6 +48,9 @@ impl<S: LogStorage> Raft<S> {
                 // The target did not take over within an election timeout.
                 self.lead_transferee = NO_NODE;
             }
+            if !self.tracker.is_voter(self.id) {
+                self.hand_off_leadership();
+            }
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;

@@ -42,10 +42,7 @@ impl<S: LogStorage> Raft<S> {
             return Ok(next);
         }
         if !self.tracker.is_voter(self.id) {
-            // Removed (or demoted) leader: step down; the remaining voters
-            // elect a new leader.
-            let term = self.term;
-            self.become_follower(term, NO_NODE);
+            self.hand_off_leadership();
             return Ok(next);
         }
         if self.lead_transferee != NO_NODE && !self.tracker.is_voter(self.lead_transferee) {
@@ -57,6 +54,33 @@ impl<S: LogStorage> Raft<S> {
         self.broadcast_pending = true;
         self.on_round_acked();
         Ok(next)
+    }
+
+    /// A leader that is no longer a voter (removed, or demoted to learner)
+    /// hands leadership to the voter with the highest match instead of just
+    /// stepping down: the remaining voters may not know yet that the change
+    /// committed, and while they still count this node in the outgoing half
+    /// of a joint configuration they need its vote, which it refuses to any
+    /// candidate that lacks its uncommitted tail. The transfer first brings
+    /// the target up to date. Until it completes this node keeps leading
+    /// without counting itself; `tick_leader` retries every election
+    /// timeout.
+    pub(crate) fn hand_off_leadership(&mut self) {
+        let id = self.id;
+        let target = self
+            .tracker
+            .voter_ids()
+            .into_iter()
+            .filter(|&voter| voter != id)
+            .max_by_key(|&voter| self.tracker.get(voter).map_or(0, |p| p.matched));
+        let Some(target) = target else {
+            let term = self.term;
+            self.become_follower(term, NO_NODE);
+            return;
+        };
+        self.lead_transferee = NO_NODE;
+        // Cannot fail: this node leads and `target` is a voter.
+        let _ = self.transfer_leader(target);
     }
 
     /// Proposes the change that leaves a joint configuration entered with
