@@ -220,9 +220,15 @@ pub enum MessageBody {
         last_term: u64,
         transfer: bool,
     },
+    /// Every answer also carries the voter's commit point. A candidate whose
+    /// log has that entry learns it is committed: without this, voters that
+    /// missed the commit of a change removing the old leader could wait
+    /// forever for that leader's vote (see `election.rs`).
     VoteResponse {
         pre_vote: bool,
         reject: bool,
+        commit: u64,
+        commit_term: u64,
     },
     /// Leader → follower liveness and commit. `round` numbers the heartbeat
     /// broadcast (it confirms ReadIndex batches and leases); `quiesce` asks

@@ -92,7 +92,8 @@ fn votes_are_persisted_before_they_are_sent() {
         ready.persisted_messages[0].body,
         MessageBody::VoteResponse {
             reject: false,
-            pre_vote: false
+            pre_vote: false,
+            ..
         }
     ));
     node.advance(ready);

@@ -107,27 +107,38 @@ impl<S: LogStorage> Raft<S> {
         if can_vote && self.log.is_up_to_date(last_index, last_term) {
             // A granted vote answers in the request's term: for a pre-vote
             // that is the term the candidate would move to.
-            self.send(
-                m.from,
-                m.term,
-                MessageBody::VoteResponse {
-                    pre_vote,
-                    reject: false,
-                },
-            );
+            let body = self.vote_response(pre_vote, false);
+            self.send(m.from, m.term, body);
             if !pre_vote {
                 self.election_elapsed = 0;
                 self.vote = m.from;
             }
         } else {
-            self.send(
-                m.from,
-                self.term,
-                MessageBody::VoteResponse {
-                    pre_vote,
-                    reject: true,
-                },
-            );
+            let body = self.vote_response(pre_vote, true);
+            self.send(m.from, self.term, body);
+        }
+    }
+
+    /// A vote answer with the voter's commit point attached.
+    pub(crate) fn vote_response(&self, pre_vote: bool, reject: bool) -> MessageBody {
+        let commit = self.log.committed;
+        MessageBody::VoteResponse {
+            pre_vote,
+            reject,
+            commit,
+            commit_term: self.log.term(commit).unwrap_or(0),
+        }
+    }
+
+    /// A voter's commit point: if our log has the same entry there, Log
+    /// Matching says everything up to it is identical, so it is committed
+    /// here too. This is what lets voters that missed the commit of a leader's
+    /// self-removal apply it and elect among themselves, instead of waiting
+    /// for the removed leader's vote, which it may rightly refuse (its log
+    /// is longer) or never give (it crashed and restarts as a non-voter).
+    pub(crate) fn learn_commit(&mut self, commit: u64, commit_term: u64) {
+        if commit > self.log.committed && self.log.match_term(commit, commit_term) {
+            self.log.commit_to(commit);
         }
     }
 
@@ -145,7 +156,13 @@ impl<S: LogStorage> Raft<S> {
                 self.become_follower(m.term, m.from);
                 self.handle_snapshot(m);
             }
-            MessageBody::VoteResponse { pre_vote, reject } => {
+            MessageBody::VoteResponse {
+                pre_vote,
+                reject,
+                commit,
+                commit_term,
+            } => {
+                let _ = (commit, commit_term);
                 if pre_vote != (self.role == Role::PreCandidate) {
                     return;
                 }

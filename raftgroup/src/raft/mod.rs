@@ -286,6 +286,7 @@ impl<S: LogStorage> Raft<S> {
                 MessageBody::VoteResponse {
                     pre_vote: true,
                     reject: false,
+                    ..
                 } => {}
                 MessageBody::Append { .. }
                 | MessageBody::Heartbeat { .. }
@@ -296,9 +297,17 @@ impl<S: LogStorage> Raft<S> {
             self.step_stale(m);
             return Ok(());
         }
-        if let MessageBody::RequestVote { .. } = m.body {
-            self.handle_vote_request(m);
-            return Ok(());
+        match m.body {
+            MessageBody::RequestVote { .. } => {
+                self.handle_vote_request(m);
+                return Ok(());
+            }
+            MessageBody::VoteResponse {
+                commit,
+                commit_term,
+                ..
+            } if self.role != Role::Leader => self.learn_commit(commit, commit_term),
+            _ => {}
         }
         match self.role {
             Role::Leader => self.step_leader(m),
@@ -325,10 +334,7 @@ impl<S: LogStorage> Raft<S> {
                 self.send(m.from, self.term, body);
             }
             MessageBody::RequestVote { pre_vote: true, .. } => {
-                let body = MessageBody::VoteResponse {
-                    pre_vote: true,
-                    reject: true,
-                };
+                let body = self.vote_response(true, true);
                 self.send(m.from, self.term, body);
             }
             _ => {}

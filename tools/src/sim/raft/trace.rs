@@ -47,7 +47,12 @@ impl MsgInfo {
                 transfer,
                 ..
             } => [*last_index, *last_term, u64::from(*transfer), 0],
-            MessageBody::VoteResponse { reject, .. } => [u64::from(*reject), 0, 0, 0],
+            MessageBody::VoteResponse {
+                reject,
+                commit,
+                commit_term,
+                ..
+            } => [u64::from(*reject), *commit, *commit_term, 0],
             MessageBody::Heartbeat {
                 commit,
                 round,
