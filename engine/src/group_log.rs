@@ -37,7 +37,7 @@ fn entry_from_wal(entry: LogEntry) -> Entry {
         } else {
             EntryKind::Normal
         },
-        data: entry.data,
+        data: entry.data.into(),
     }
 }
 
@@ -46,7 +46,7 @@ fn entry_to_wal(entry: &Entry) -> LogEntry {
         index: entry.index,
         term: entry.term,
         kind: entry.kind as u8,
-        data: entry.data.clone(),
+        data: entry.data.to_vec(),
     }
 }
 

@@ -40,7 +40,7 @@ fn round(
         let node = nodes.get_mut(&group).unwrap();
         for entry in &ready.committed_entries {
             if entry.kind == EntryKind::Normal && !entry.data.is_empty() {
-                applied.entry(group).or_default().push(entry.data.clone());
+                applied.entry(group).or_default().push(entry.data.to_vec());
             }
         }
         node.advance(ready);

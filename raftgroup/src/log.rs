@@ -120,7 +120,7 @@ impl<S: LogStorage> RaftLog<S> {
 
     /// Appends entries, truncating any unstable suffix they replace. Entries
     /// must start at or below `last_index() + 1` and above `committed`.
-    pub(crate) fn append(&mut self, entries: &[Entry]) {
+    pub(crate) fn append(&mut self, entries: Vec<Entry>) {
         let Some(first) = entries.first() else {
             return;
         };
@@ -131,18 +131,19 @@ impl<S: LogStorage> RaftLog<S> {
             self.committed
         );
         let unstable_end = self.unstable_offset + self.unstable.len() as u64;
-        if after == unstable_end {
-            self.unstable.extend_from_slice(entries);
-        } else if after <= self.unstable_offset {
+        if after <= self.unstable_offset {
             // The new entries replace part of the persisted log too; they
             // are persisted from `after` on and overwrite what is there.
             self.unstable_offset = after;
             self.unstable.clear();
-            self.unstable.extend_from_slice(entries);
-        } else {
+        } else if after < unstable_end {
             self.unstable
                 .truncate((after - self.unstable_offset) as usize);
-            self.unstable.extend_from_slice(entries);
+        }
+        if self.unstable.is_empty() {
+            self.unstable = entries;
+        } else {
+            self.unstable.extend(entries);
         }
     }
 
@@ -153,19 +154,20 @@ impl<S: LogStorage> RaftLog<S> {
         prev_index: u64,
         prev_term: u64,
         commit: u64,
-        entries: &[Entry],
+        mut entries: Vec<Entry>,
     ) -> AppendOutcome {
         if !self.match_term(prev_index, prev_term) {
             return AppendOutcome::Rejected;
         }
         let last_new_index = prev_index + entries.len() as u64;
-        let conflict = self.find_conflict(entries);
+        let conflict = self.find_conflict(&entries);
         if conflict != 0 {
             if conflict <= self.committed {
                 return AppendOutcome::ConflictsWithCommitted;
             }
             let skip = (conflict - entries[0].index) as usize;
-            self.append(&entries[skip..]);
+            entries.drain(..skip);
+            self.append(entries);
         }
         self.commit_to(commit.min(last_new_index));
         AppendOutcome::Matched { last_new_index }

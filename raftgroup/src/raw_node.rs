@@ -131,7 +131,7 @@ impl<S: LogStorage> RawNode<S> {
                 term: 0,
                 index: 0,
                 kind: EntryKind::Normal,
-                data,
+                data: data.into(),
             })
             .collect();
         self.raft.propose(entries)

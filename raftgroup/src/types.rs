@@ -1,6 +1,7 @@
 //! Wire and log types. They derive `rkyv::Archive` so that the transport and
 //! the WAL can validate and read them in place without copying.
 
+use bytes::Bytes;
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Identifies a replica of a group. `0` is never a valid id: it means "none"
@@ -31,7 +32,10 @@ pub struct Entry {
     pub term: u64,
     pub index: u64,
     pub kind: EntryKind,
-    pub data: Vec<u8>,
+    /// Shared, so that the copies an entry needs (the unstable log, one
+    /// append per follower, the `Ready`, storage, committed entries) share
+    /// one payload. Archived exactly like a `Vec<u8>`.
+    pub data: Bytes,
 }
 
 /// Bytes an entry is charged for in flow control and size limits: its
@@ -243,7 +247,9 @@ pub enum MessageBody {
     },
     /// Leader → follower whose needed entries were compacted.
     InstallSnapshot {
-        snapshot: Snapshot,
+        /// Boxed: this rare, large variant would otherwise set the size of
+        /// every message.
+        snapshot: Box<Snapshot>,
     },
     /// Leader → transfer target: campaign now.
     TimeoutNow,

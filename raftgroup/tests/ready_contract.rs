@@ -73,7 +73,7 @@ fn messages_round_trip_through_validated_rkyv_archives() {
                 term: 7,
                 index: 5,
                 kind: EntryKind::Normal,
-                data: b"payload".to_vec(),
+                data: b"payload".to_vec().into(),
             }],
             commit: 3,
         },

@@ -90,7 +90,7 @@ fn the_oracle_rejects_a_conflicting_committed_entry() {
         term,
         index,
         kind: EntryKind::Normal,
-        data: data.to_vec(),
+        data: data.to_vec().into(),
     };
     let mut oracle = Oracle::new(ConfState::with_voters([1, 2, 3]));
     oracle.observe_committed(1, 1, &entry(1, 1, b"x")).unwrap();

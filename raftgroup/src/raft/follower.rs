@@ -73,7 +73,7 @@ impl<S: LogStorage> Raft<S> {
         }
         match self
             .log
-            .maybe_append(prev_index, prev_term, commit, &entries)
+            .maybe_append(prev_index, prev_term, commit, entries)
         {
             AppendOutcome::Matched { last_new_index } => {
                 let body = MessageBody::AppendResponse {
@@ -126,7 +126,7 @@ impl<S: LogStorage> Raft<S> {
             return;
         };
         let index = snapshot.meta.index;
-        let restored = self.restore(snapshot);
+        let restored = self.restore(*snapshot);
         let matched = if restored { index } else { self.log.committed };
         let body = MessageBody::AppendResponse {
             index: matched,

@@ -28,9 +28,9 @@ impl<S: LogStorage> Raft<S> {
             term,
             index: self.log.last_index() + 1,
             kind: EntryKind::Normal,
-            data: Vec::new(),
+            data: bytes::Bytes::new(),
         };
-        self.log.append(std::slice::from_ref(&entry));
+        self.log.append(vec![entry]);
         self.broadcast_pending = true;
     }
 
@@ -78,7 +78,7 @@ impl<S: LogStorage> Raft<S> {
             }
         }
         let last_index = first_index + entries.len() as u64 - 1;
-        self.log.append(&entries);
+        self.log.append(entries);
         self.uncommitted_bytes += bytes;
         self.broadcast_pending = true;
         self.wake();
@@ -156,7 +156,10 @@ impl<S: LogStorage> Raft<S> {
         if let Some(progress) = self.tracker.get_mut(to) {
             progress.become_snapshot(snapshot.meta.index);
         }
-        self.send(to, self.term, MessageBody::InstallSnapshot { snapshot });
+        let body = MessageBody::InstallSnapshot {
+            snapshot: Box::new(snapshot),
+        };
+        self.send(to, self.term, body);
         true
     }
 

@@ -26,7 +26,7 @@ impl<S: LogStorage> Raft<S> {
             term: 0,
             index: 0,
             kind: EntryKind::ConfChange,
-            data: change.encode(),
+            data: change.encode().into(),
         };
         self.append_proposal(vec![entry])
     }

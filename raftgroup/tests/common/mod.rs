@@ -108,7 +108,10 @@ impl Cluster {
                         let _ = node.apply_conf_change(&change);
                     }
                     EntryKind::Normal if !entry.data.is_empty() => {
-                        self.applied.entry(id).or_default().push(entry.data.clone());
+                        self.applied
+                            .entry(id)
+                            .or_default()
+                            .push(entry.data.to_vec());
                     }
                     EntryKind::Normal => {}
                 }
@@ -266,7 +269,7 @@ pub fn entries_with_terms(terms: &[u64]) -> Vec<Entry> {
             term,
             index: i as u64 + 1,
             kind: EntryKind::Normal,
-            data: format!("t{term}i{}", i + 1).into_bytes(),
+            data: format!("t{term}i{}", i + 1).into_bytes().into(),
         })
         .collect()
 }

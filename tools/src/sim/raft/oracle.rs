@@ -502,7 +502,7 @@ mod tests {
             term,
             index,
             kind: EntryKind::Normal,
-            data: data.to_vec(),
+            data: data.to_vec().into(),
         }
     }
 

@@ -155,7 +155,7 @@ mod tests {
                 term: 1,
                 index,
                 kind: EntryKind::Normal,
-                data: write_payload(index * 7, index as usize),
+                data: write_payload(index * 7, index as usize).into(),
             });
         }
         let snapshot = Snapshot {
