@@ -4,6 +4,7 @@
 mod common;
 
 use common::Cluster;
+use flotilla_raftgroup::Role;
 use flotilla_raftgroup::{
     ConfState, Config, Error, MemStorage, MessageBody, RawNode, ReadMode, ReadState,
 };
@@ -151,4 +152,31 @@ fn lease_reads_skip_the_heartbeat_round_while_the_lease_lasts() {
         1,
         "an expired lease must not answer"
     );
+}
+
+/// A follower that acknowledged a lease and restarts at once has forgotten
+/// it; it must still not help elect a new leader while that lease may run,
+/// or the old leader would answer reads a new leader already overwrote.
+#[test]
+fn a_restarted_follower_honours_a_lease_it_forgot() {
+    let mut cluster = Cluster::with(&[1, 2, 3], &[], |c| c.read_mode = ReadMode::Lease);
+    assert!(cluster.elect(1));
+    cluster.propose(1, b"w");
+    cluster.tick_all(2); // follower 2 acknowledges a heartbeat round: a lease
+    let storage = cluster.crash(2);
+    cluster.restart(2, storage);
+    cluster.isolate(1);
+    // Node 3 campaigns at once; restarted node 2 must not vote for it.
+    cluster.node(3).campaign();
+    cluster.handle_ready(3);
+    cluster.settle();
+    assert_ne!(cluster.nodes[&3].role(), Role::Leader);
+    // The old leader still answers on its lease, and that is safe.
+    cluster.node(1).read_index(1).unwrap();
+    cluster.handle_ready(1);
+    cluster.settle();
+    assert_eq!(cluster.reads[&1].len(), 1);
+    // Once an election timeout has passed the group elects a new leader.
+    cluster.tick_all(40);
+    assert!(cluster.leaders().iter().any(|&id| id != 1));
 }

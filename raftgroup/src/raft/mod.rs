@@ -76,6 +76,10 @@ pub(crate) struct Raft<S> {
     pub(crate) reads_awaiting_apply: Vec<ReadState>,
     /// Whether this replica stopped ticking (see `quiesce.rs`).
     pub(crate) quiesced: bool,
+    /// With lease reads, a replica that just started may have acknowledged a
+    /// leader's lease before it went down, and has forgotten it: it acts as
+    /// if in that lease for one election timeout after starting.
+    restart_lease: bool,
 }
 
 impl<S: LogStorage> Raft<S> {
@@ -107,6 +111,9 @@ impl<S: LogStorage> Raft<S> {
             reads: ReadQueue::default(),
             reads_awaiting_apply: Vec::new(),
             quiesced: false,
+            // A replica that never saw a term (a new group) held no lease.
+            restart_lease: cfg.read_mode == crate::config::ReadMode::Lease
+                && initial.hard_state.term > 0,
             cfg,
         };
         let term = raft.term;
@@ -233,6 +240,9 @@ impl<S: LogStorage> Raft<S> {
     fn in_lease(&self, candidate: NodeId) -> bool {
         if !self.cfg.check_quorum {
             return false;
+        }
+        if self.restart_lease && self.ticks < self.cfg.election_ticks {
+            return true;
         }
         match self.role {
             Role::Leader => true,
