@@ -1,7 +1,11 @@
 //! # flotilla-tools
 //!
-//! The library behind the `flotilla` binary. Today it holds the seeded
-//! simulators ([`sim`]); the binary's subcommands are thin wrappers over it so
-//! that tests drive exactly the code the command line runs.
+//! The library behind the `flotilla` binary: the seeded simulators
+//! ([`sim`]), operation histories and their linearizability checker
+//! ([`history`]), and WAL inspection ([`wal_cmd`]). The binary's subcommands
+//! are thin wrappers over it so that tests drive exactly the code the
+//! command line runs.
 
+pub mod history;
 pub mod sim;
+pub mod wal_cmd;
