@@ -37,6 +37,31 @@ struct WalArgs {
     /// Bytes written before timing recovery (0 skips the recovery figure).
     #[arg(long, default_value_t = 1 << 30)]
     recovery_bytes: u64,
+    /// Run only these cells, written GROUPSxTHREADSxENTRIES (e.g.
+    /// 10000x64x16); repeatable. For profiling one cell.
+    #[arg(long, value_parser = parse_cell)]
+    cell: Vec<wal::Cell>,
+    /// Skip raft-engine (for profiling flotilla alone).
+    #[arg(long)]
+    flotilla_only: bool,
+}
+
+fn parse_cell(text: &str) -> Result<wal::Cell, String> {
+    let parts: Vec<&str> = text.split('x').collect();
+    let [groups, threads, entries] = parts.as_slice() else {
+        return Err(format!("`{text}` is not GROUPSxTHREADSxENTRIES"));
+    };
+    let number = |s: &str| {
+        s.parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("`{s}` in `{text}` is not a positive number"))
+    };
+    Ok(wal::Cell {
+        groups: number(groups)?,
+        threads: number(threads)? as usize,
+        entries_per_write: number(entries)? as usize,
+    })
 }
 
 fn main() {
@@ -71,12 +96,19 @@ fn run_wal(args: WalArgs) {
         threads: 64,
         entries_per_write: 16,
     });
+    if !args.cell.is_empty() {
+        cells = args.cell.clone();
+    }
 
     eprintln!("measuring the disk (write + fdatasync, preallocated and pre-written file)");
-    let disk: Vec<wal::DiskResult> = [4096usize, 1 << 20]
-        .iter()
-        .map(|&block| wal::measure_disk(&args.dir, block, duration))
-        .collect();
+    let disk: Vec<wal::DiskResult> = if args.flotilla_only {
+        Vec::new()
+    } else {
+        [4096usize, 1 << 20]
+            .iter()
+            .map(|&block| wal::measure_disk(&args.dir, block, duration))
+            .collect()
+    };
 
     let mut rows = Vec::new();
     for (i, &cell) in cells.iter().enumerate() {
@@ -89,9 +121,27 @@ fn run_wal(args: WalArgs) {
             cell.entries_per_write
         );
         let dir = wal::fresh_dir(&args.dir, "flotilla");
-        let flotilla = wal::FlotillaLog::open(&dir, flotilla::wal::WalConfig::default());
+        let config = flotilla::wal::WalConfig {
+            zero_fill_segments: std::env::var("FLOTILLA_BENCH_ZERO_FILL")
+                .map_or(true, |v| v != "0"),
+            ..flotilla::wal::WalConfig::default()
+        };
+        let flotilla = wal::FlotillaLog::open(&dir, config);
         let ours = wal::run_cell(&flotilla, cell, duration);
         drop(flotilla);
+        if args.flotilla_only {
+            println!(
+                "flotilla {}x{}x{}: {:.0} entries/s, p50 {} us, p99 {} us, {:.0} syncs/s",
+                cell.groups,
+                cell.threads,
+                cell.entries_per_write,
+                ours.entries_per_sec(),
+                ours.latency_us_p50,
+                ours.latency_us_p99,
+                ours.syncs_per_sec().unwrap_or(0.0)
+            );
+            continue;
+        }
         let dir = wal::fresh_dir(&args.dir, "raft-engine");
         let engine = wal::RaftEngineLog::open(&dir);
         let theirs = wal::run_cell(&engine, cell, duration);
