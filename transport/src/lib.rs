@@ -1,6 +1,156 @@
 //! flotilla-transport moves frames between flotilla nodes.
 //!
-//! This crate is filled by the QUIC transport issue: one mutually
-//! authenticated QUIC connection per node pair, coalesced heartbeats, and an
-//! in-process transport with fault injection. It currently exports nothing;
-//! the node runtime does not depend on any of its items yet.
+//! A [`Frame`] carries everything one node sends another in one round: the
+//! Raft messages of all its groups for that destination, at most one
+//! coalesced [`Heartbeat`] (node liveness plus the term and commit index of
+//! every awake group the two nodes share), and opaque payloads (forwarded
+//! client requests and their replies), so that per-round cost is one frame
+//! per destination node whatever the number of groups. Frames derive
+//! `rkyv::Archive`: the QUIC transport sends them as length-prefixed,
+//! validated archives.
+//!
+//! [`Transport`] is the seam the node runtime sends through. This crate has
+//! the in-process implementation, [`local::LocalNetwork`], with fault
+//! injection (drops, delays, partitions) for multi-node tests in one
+//! process; the QUIC implementation is a later issue.
+
+pub mod local;
+
+use flotilla_raftgroup::Message;
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// A node of the cluster.
+pub type NodeId = u64;
+/// A Raft group (one per range).
+pub type GroupId = u64;
+
+/// One Raft message of one group.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct GroupMessage {
+    pub group: GroupId,
+    pub message: Message,
+}
+
+/// One awake group's leadership state, as carried in a coalesced heartbeat.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct GroupBeat {
+    pub group: GroupId,
+    pub term: u64,
+    pub commit: u64,
+}
+
+/// The one liveness message per node pair per tick. `groups` lists only
+/// groups that are awake and led by the sender; quiesced groups add nothing.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Heartbeat {
+    /// The sender's tick counter: a receiver that sees it advance knows the
+    /// sender's node is alive.
+    pub tick: u64,
+    pub groups: Vec<GroupBeat>,
+}
+
+/// Everything one node sends another in one round.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Frame {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub messages: Vec<GroupMessage>,
+    pub heartbeat: Option<Heartbeat>,
+    /// Opaque to the transport: forwarded requests and replies.
+    pub payloads: Vec<Vec<u8>>,
+}
+
+impl Frame {
+    /// An empty frame from `from` to `to`.
+    pub fn new(from: NodeId, to: NodeId) -> Self {
+        Frame {
+            from,
+            to,
+            messages: Vec::new(),
+            heartbeat: None,
+            payloads: Vec::new(),
+        }
+    }
+
+    /// Whether the frame carries nothing.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.heartbeat.is_none() && self.payloads.is_empty()
+    }
+}
+
+/// Why a frame could not be handed to the network.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The destination is not known to this transport.
+    #[error("node {0} is unknown to the transport")]
+    UnknownNode(NodeId),
+    /// The destination's queue is full; Raft tolerates the loss, callers
+    /// waiting for replies time out.
+    #[error("the queue to node {0} is full")]
+    QueueFull(NodeId),
+    /// The transport was shut down.
+    #[error("the transport is shut down")]
+    Shutdown,
+}
+
+/// Sends frames to other nodes. Delivery is best effort: a frame may be
+/// lost, delayed or reordered relative to frames to other nodes (frames to
+/// one destination stay in order unless a fault injector reorders them).
+pub trait Transport: Send + Sync + std::fmt::Debug {
+    /// This node's id.
+    fn local_node(&self) -> NodeId;
+    /// Queues `frame` for `frame.to`.
+    fn send(&self, frame: Frame) -> Result<(), TransportError>;
+}
+
+/// Groups a round's outgoing Raft messages by destination node, so that the
+/// round sends one frame per node.
+#[derive(Debug, Default)]
+pub struct FrameBuilder {
+    from: NodeId,
+    frames: std::collections::BTreeMap<NodeId, Frame>,
+}
+
+impl FrameBuilder {
+    /// A builder for frames sent by `from`.
+    pub fn new(from: NodeId) -> Self {
+        FrameBuilder {
+            from,
+            frames: std::collections::BTreeMap::new(),
+        }
+    }
+
+    fn frame(&mut self, to: NodeId) -> &mut Frame {
+        let from = self.from;
+        self.frames
+            .entry(to)
+            .or_insert_with(|| Frame::new(from, to))
+    }
+
+    /// Adds a Raft message of `group` for node `to`.
+    pub fn push_message(&mut self, to: NodeId, group: GroupId, message: Message) {
+        self.frame(to)
+            .messages
+            .push(GroupMessage { group, message });
+    }
+
+    /// Adds the coalesced heartbeat for node `to`.
+    pub fn set_heartbeat(&mut self, to: NodeId, heartbeat: Heartbeat) {
+        self.frame(to).heartbeat = Some(heartbeat);
+    }
+
+    /// Adds an opaque payload for node `to`.
+    pub fn push_payload(&mut self, to: NodeId, payload: Vec<u8>) {
+        self.frame(to).payloads.push(payload);
+    }
+
+    /// The frames, one per destination.
+    pub fn finish(self) -> impl Iterator<Item = Frame> {
+        self.frames.into_values().filter(|f| !f.is_empty())
+    }
+}
