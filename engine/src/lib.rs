@@ -8,5 +8,6 @@
 //! until they land nothing here pretends to be a working engine.
 
 pub mod group_log;
+pub mod node;
 pub mod range;
 pub mod wal;
