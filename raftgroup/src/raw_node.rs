@@ -202,10 +202,20 @@ impl<S: LogStorage> RawNode<S> {
         self.raft.wake();
     }
 
-    /// The leader's node is known to be down: campaign now.
+    /// The leader's node is known to be down: forget it and campaign within
+    /// a few ticks (a random delay of up to half an election timeout, so
+    /// that followers told at once do not split the vote).
     pub fn leader_unreachable(&mut self) {
         self.check_not_in_flight();
         self.raft.leader_unreachable();
+    }
+
+    /// As [`RawNode::leader_unreachable`], campaigning after `delay_ticks`
+    /// ticks unless a leader shows up first. Hosts that know which replicas
+    /// survive stagger them by rank so that one campaigns alone.
+    pub fn leader_unreachable_in(&mut self, delay_ticks: u64) {
+        self.check_not_in_flight();
+        self.raft.leader_unreachable_in(delay_ticks);
     }
 
     fn release_applied_reads(&mut self) -> Vec<ReadState> {

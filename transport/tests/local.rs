@@ -17,7 +17,10 @@ fn heartbeat_frame(from: u64, to: u64, tick: u64) -> Frame {
             group: 7,
             term: 3,
             commit: 11,
+            round: 4,
+            quiesce: false,
         }],
+        acks: Vec::new(),
     });
     frame
 }
@@ -112,34 +115,56 @@ fn full_queues_and_unknown_nodes_are_typed_errors() {
 }
 
 #[test]
-fn a_round_sends_one_frame_per_destination() {
+fn a_round_sends_one_frame_per_destination_with_heartbeats_coalesced() {
     let mut builder = FrameBuilder::new(1);
+    let mut originals = Vec::new();
     for group in 0..100u64 {
         for to in [2u64, 3] {
             let message = Message {
                 from: 1,
                 to,
-                term: 1,
+                term: 4,
                 body: MessageBody::Heartbeat {
-                    commit: 0,
-                    round: 1,
-                    quiesce: false,
+                    commit: group,
+                    round: 9,
+                    quiesce: group % 2 == 0,
                 },
             };
+            if to == 2 {
+                originals.push(flotilla_transport::GroupMessage {
+                    group,
+                    message: message.clone(),
+                });
+            }
             builder.push_message(to, group, message);
         }
     }
-    builder.set_heartbeat(
-        2,
-        Heartbeat {
-            tick: 5,
-            groups: Vec::new(),
+    let append = Message {
+        from: 1,
+        to: 2,
+        term: 4,
+        body: MessageBody::Append {
+            prev_index: 0,
+            prev_term: 0,
+            entries: Vec::new(),
+            commit: 0,
         },
-    );
+    };
+    builder.push_message(2, 5, append.clone());
+    builder.liveness(3, 77);
     let frames: Vec<Frame> = builder.finish().collect();
-    assert_eq!(frames.len(), 2);
-    assert!(frames.iter().all(|f| f.messages.len() == 100));
-    assert!(frames[0].heartbeat.is_some() && frames[1].heartbeat.is_none());
+    assert_eq!(frames.len(), 2, "one frame per destination");
+    let to_two = frames[0].clone();
+    assert_eq!(
+        to_two.messages.len(),
+        1,
+        "only the append travels as a message"
+    );
+    assert_eq!(to_two.heartbeat.as_ref().unwrap().groups.len(), 100);
+    assert_eq!(frames[1].heartbeat.as_ref().unwrap().tick, 77);
+    let mut expanded = to_two.into_messages();
+    assert_eq!(expanded.remove(0).message, append);
+    assert_eq!(expanded, originals, "coalescing loses nothing");
 }
 
 #[test]

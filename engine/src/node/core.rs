@@ -7,7 +7,7 @@ use flotilla_raftgroup::{
     ConfChange, ConfState, Config, EntryKind, Error as RaftError, Message, Proposed, RawNode,
     Ready, Role, NO_NODE,
 };
-use flotilla_transport::{FrameBuilder, GroupId, NodeId};
+use flotilla_transport::{Frame, FrameBuilder, GroupId, NodeId};
 
 use crate::group_log::GroupLog;
 use crate::range::{Command, CommandResult, KeySpan, KeyValue, Proposal, RangeState};
@@ -38,6 +38,10 @@ pub struct NodeConfig {
     /// A leader with no requests for this many ticks quiesces its group,
     /// if Raft agrees it is safe.
     pub quiesce_after_idle_ticks: u64,
+    /// A peer node not heard from for this many ticks is declared down: the
+    /// groups it led wake here and campaign (quiesced followers never time
+    /// out by themselves).
+    pub peer_down_after_ticks: u64,
 }
 
 impl Default for NodeConfig {
@@ -46,6 +50,7 @@ impl Default for NodeConfig {
             raft: Config::new(1),
             request_timeout_ticks: 50,
             quiesce_after_idle_ticks: 20,
+            peer_down_after_ticks: 10,
         }
     }
 }
@@ -119,6 +124,13 @@ impl Pending {
     }
 }
 
+/// What this node knows of another node's liveness.
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    last_heard_tick: u64,
+    down: bool,
+}
+
 #[derive(Debug)]
 struct Replica {
     descriptor: RangeDescriptor,
@@ -142,6 +154,10 @@ pub struct NodeCore {
     ticks: u64,
     next_request: u64,
     completions: Vec<(RequestId, Result<Response, NodeError>)>,
+    /// Every node that shares a range with this one.
+    peers: BTreeMap<NodeId, Peer>,
+    /// A tick passed: the next round sends every peer its liveness beat.
+    beat_due: bool,
 }
 
 fn group_seed(node: NodeId, group: GroupId) -> u64 {
@@ -169,8 +185,19 @@ impl NodeCore {
             ticks: 0,
             next_request: 1,
             completions: Vec::new(),
+            peers: BTreeMap::new(),
+            beat_due: false,
         };
         for descriptor in ranges.iter().filter(|d| d.replicas.contains(&id)) {
+            for &peer in descriptor.replicas.iter().filter(|&&p| p != id) {
+                core.peers.insert(
+                    peer,
+                    Peer {
+                        last_heard_tick: 0,
+                        down: false,
+                    },
+                );
+            }
             core.add_replica(descriptor.clone())?;
         }
         Ok(core)
@@ -301,6 +328,27 @@ impl NodeCore {
         Ok(())
     }
 
+    /// Handles a frame from another node: the sender is alive, and its Raft
+    /// messages (coalesced heartbeats expanded) go to their groups.
+    pub fn receive(&mut self, frame: Frame) {
+        if let Some(peer) = self.peers.get_mut(&frame.from) {
+            peer.last_heard_tick = self.ticks;
+            peer.down = false;
+        }
+        for message in frame.into_messages() {
+            self.step(message.group, message.message);
+        }
+    }
+
+    /// Peers currently declared down.
+    pub fn peers_down(&self) -> Vec<NodeId> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.down)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
     /// Steps a Raft message of `group` received from another node.
     pub fn step(&mut self, group: GroupId, message: Message) {
         let Some(replica) = self.replicas.get_mut(&group) else {
@@ -316,6 +364,8 @@ impl NodeCore {
     /// that waited too long, and quiesces idle leaders.
     pub fn tick(&mut self) {
         self.ticks += 1;
+        self.beat_due = true;
+        self.detect_down_peers();
         let ticks = self.ticks;
         let timeout = self.config.request_timeout_ticks;
         let idle = self.config.quiesce_after_idle_ticks;
@@ -351,11 +401,33 @@ impl NodeCore {
         }
     }
 
+    fn detect_down_peers(&mut self) {
+        let ticks = self.ticks;
+        let limit = self.config.peer_down_after_ticks;
+        let newly_down: Vec<NodeId> = self
+            .peers
+            .iter_mut()
+            .filter(|(_, p)| !p.down && ticks.saturating_sub(p.last_heard_tick) > limit)
+            .map(|(&id, p)| {
+                p.down = true;
+                id
+            })
+            .collect();
+        for peer in newly_down {
+            self.peer_down(peer);
+        }
+    }
+
     /// Runs one round: every group with work persists into ONE WAL batch
     /// (one sync), its messages go into `out` (one frame per destination),
     /// committed entries are applied and callers completed. Returns how many
     /// groups had work; call again while it is non-zero.
     pub fn round(&mut self, out: &mut FrameBuilder) -> Result<usize, WalError> {
+        if std::mem::take(&mut self.beat_due) {
+            for &peer in self.peers.keys() {
+                out.liveness(peer, self.ticks);
+            }
+        }
         let mut batch = WriteBatch::new();
         let mut readies: Vec<(GroupId, Ready)> = Vec::new();
         for group in std::mem::take(&mut self.active) {
@@ -453,14 +525,25 @@ impl NodeCore {
     }
 
     /// The node `peer` is known to be down: every group it led wakes here
-    /// and campaigns.
+    /// and campaigns. The surviving replicas of a group are staggered by
+    /// rank (position among the live replicas, which every survivor computes
+    /// alike) so that one campaigns first and the vote does not split.
     pub fn peer_down(&mut self, peer: NodeId) {
+        let stagger = (self.config.raft.election_ticks / 3).max(1);
         for (&group, replica) in &mut self.replicas {
-            if replica.raft.leader() == peer {
-                replica.raft.leader_unreachable();
-                self.awake.insert(group);
-                self.active.insert(group);
+            if replica.raft.leader() != peer {
+                continue;
             }
+            let rank = replica
+                .descriptor
+                .replicas
+                .iter()
+                .filter(|&&r| r != peer && !self.peers.get(&r).is_some_and(|p| p.down))
+                .position(|&r| r == self.id)
+                .unwrap_or(0) as u64;
+            replica.raft.leader_unreachable_in(rank * stagger);
+            self.awake.insert(group);
+            self.active.insert(group);
         }
     }
 }

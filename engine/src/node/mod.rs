@@ -13,6 +13,10 @@
 //!
 //! Cost follows activity: only groups that received input since the last
 //! round are looked at, and only awake (not quiesced) groups are ticked.
+//! Node liveness is one beat per peer node per tick, carried in the frame
+//! with the coalesced Raft heartbeats of the awake groups; a peer not heard
+//! from for `peer_down_after_ticks` is declared down, and the groups it led
+//! wake here and campaign.
 
 mod core;
 

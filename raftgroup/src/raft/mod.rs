@@ -173,6 +173,11 @@ impl<S: LogStorage> Raft<S> {
         }
     }
 
+    /// A random number in `[0, bound)` from this replica's seeded generator.
+    pub(crate) fn random_below(&mut self, bound: u64) -> u64 {
+        self.rng.in_range(0, bound.max(1))
+    }
+
     fn reset_randomized_election_timeout(&mut self) {
         let low = self.cfg.election_ticks;
         self.randomized_election_timeout = self.rng.in_range(low, 2 * low);

@@ -3,7 +3,7 @@
 //! Raft decides whether it is safe: every follower has every entry, all of
 //! it is committed and applied, and nothing is in flight.
 
-use super::{CampaignKind, Raft};
+use super::Raft;
 use crate::storage::LogStorage;
 use crate::types::{Role, NO_NODE};
 
@@ -65,14 +65,26 @@ impl<S: LogStorage> Raft<S> {
     }
 
     /// The host learned that the leader's node is down (from node-level
-    /// liveness): forget the leader and campaign without waiting for an
-    /// election timeout, which a quiesced follower would never reach.
+    /// liveness): forget the leader and campaign within a few ticks instead
+    /// of a whole election timeout, which a quiesced follower would never
+    /// reach anyway. The delay is random (up to half an election timeout) so
+    /// that the followers, all told at the same moment, do not all campaign
+    /// in the same tick and split the vote.
     pub(crate) fn leader_unreachable(&mut self) {
+        let delay = self.random_below(self.cfg.election_ticks / 2 + 1);
+        self.leader_unreachable_in(delay);
+    }
+
+    /// As `leader_unreachable`, with the delay chosen by the host: a host
+    /// that knows which replicas survive can stagger them by rank so that
+    /// exactly one campaigns first.
+    pub(crate) fn leader_unreachable_in(&mut self, delay_ticks: u64) {
         if self.role == Role::Leader {
             return;
         }
         self.wake();
         self.lead = NO_NODE;
-        self.hup(CampaignKind::PreElection);
+        let timeout = self.randomized_election_timeout;
+        self.election_elapsed = timeout.saturating_sub(delay_ticks.min(timeout - 1) + 1);
     }
 }
