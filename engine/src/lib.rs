@@ -7,7 +7,12 @@
 //! runtime and the public `Node`/`Db` API are delivered by the node issue;
 //! until they land nothing here pretends to be a working engine.
 
+pub mod db;
 pub mod group_log;
 pub mod node;
 pub mod range;
+pub mod runtime;
 pub mod wal;
+
+pub use db::{BlockingDb, Db, Error};
+pub use runtime::{Bootstrap, Node, NodeOptions, NodeStats};

@@ -1,0 +1,310 @@
+//! The embedded key-value API: [`Db`], a cloneable async handle onto a
+//! node, and [`BlockingDb`] for callers without an async runtime.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use tokio::sync::oneshot;
+
+use crate::node::{NodeError, RangeDescriptor, Request, Response};
+use crate::range::{Command, CommandResult, KeyValue, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::runtime::Submission;
+use crate::wal::WalError;
+
+/// Errors of the public API. `Timeout` means the outcome is unknown; every
+/// other error means the operation did not take effect.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No leader could be reached for the range within the deadline.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The request did not complete in time; it may or may not have taken
+    /// effect.
+    #[error("timed out; the outcome is unknown")]
+    Timeout,
+    /// The keys fall in a range this node does not know, or span ranges.
+    #[error("range mismatch: {0}")]
+    RangeMismatch(String),
+    /// The request is invalid: keys must be 1 to 4096 bytes, values at most
+    /// 1 MiB, batches at most 1000 operations within one range, and a scan's
+    /// end must not be before its start.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Stored data failed verification.
+    #[error("corruption: {0}")]
+    Corruption(String),
+    /// An IO error.
+    #[error("io: {0}")]
+    Io(String),
+    /// The node is shut down.
+    #[error("the node is shut down")]
+    Shutdown,
+}
+
+impl Error {
+    pub(crate) fn from_wal(error: WalError) -> Error {
+        match error {
+            WalError::Corruption { .. } => Error::Corruption(error.to_string()),
+            other => Error::Io(other.to_string()),
+        }
+    }
+
+    pub(crate) fn from_node(error: NodeError) -> Error {
+        match error {
+            NodeError::Unavailable(_) | NodeError::Refused(_) => {
+                Error::Unavailable(error.to_string())
+            }
+            NodeError::Timeout => Error::Timeout,
+            NodeError::RangeNotFound(_) | NodeError::RangeMismatch(_) => {
+                Error::RangeMismatch(error.to_string())
+            }
+            NodeError::InvalidArgument(reason) => Error::InvalidArgument(reason),
+        }
+    }
+}
+
+/// How long a request keeps retrying while its range has no leader.
+const UNAVAILABLE_RETRY_FOR: Duration = Duration::from_secs(5);
+const UNAVAILABLE_BACKOFF: Duration = Duration::from_millis(10);
+
+/// A cloneable handle for reads and writes. Reads are linearizable
+/// (ReadIndex). Requests may go to any node: followers forward to the
+/// leader.
+#[derive(Clone, Debug)]
+pub struct Db {
+    submit: Sender<Submission>,
+    ranges: Arc<Vec<RangeDescriptor>>,
+}
+
+fn check_key(key: &[u8]) -> Result<(), Error> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "key of {} bytes: keys are 1 to {MAX_KEY_BYTES} bytes",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<(), Error> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "value of {} bytes: values are at most {MAX_VALUE_BYTES} bytes",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Db {
+    pub(crate) fn new(submit: Sender<Submission>, ranges: Arc<Vec<RangeDescriptor>>) -> Db {
+        Db { submit, ranges }
+    }
+
+    fn range_of(&self, key: &[u8]) -> Result<&RangeDescriptor, Error> {
+        self.ranges
+            .iter()
+            .find(|r| r.span.contains(key))
+            .ok_or_else(|| Error::RangeMismatch(format!("no range holds key {key:?}")))
+    }
+
+    async fn call(&self, key: &[u8], request: Request) -> Result<Response, Error> {
+        let group = self.range_of(key)?.group;
+        let deadline = tokio::time::Instant::now() + UNAVAILABLE_RETRY_FOR;
+        loop {
+            let (reply, response) = oneshot::channel();
+            let submission = Submission {
+                group,
+                request: request.clone(),
+                reply,
+            };
+            self.submit.try_send(submission).map_err(|e| {
+                if e.is_disconnected() {
+                    Error::Shutdown
+                } else {
+                    Error::Unavailable("the node's request queue is full".into())
+                }
+            })?;
+            match response.await {
+                Ok(Err(NodeError::Unavailable(_))) if tokio::time::Instant::now() < deadline => {
+                    // No leader yet: nothing was proposed, so retrying is safe.
+                    tokio::time::sleep(UNAVAILABLE_BACKOFF).await;
+                }
+                Ok(result) => return result.map_err(Error::from_node),
+                Err(_) => return Err(Error::Shutdown),
+            }
+        }
+    }
+
+    async fn write(&self, key: &[u8], command: Command) -> Result<CommandResult, Error> {
+        match self.call(key, Request::Write(command)).await? {
+            Response::Write(CommandResult::Rejected(reason)) => {
+                Err(Error::InvalidArgument(format!("{reason:?}")))
+            }
+            Response::Write(result) => Ok(result),
+            other => Err(Error::Io(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        check_key(key)?;
+        check_value(value)?;
+        let command = Command::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        };
+        self.write(key, command).await.map(|_| ())
+    }
+
+    /// Removes `key`; returns whether it existed.
+    pub async fn delete(&self, key: &[u8]) -> Result<bool, Error> {
+        check_key(key)?;
+        let command = Command::Delete { key: key.to_vec() };
+        match self.write(key, command).await? {
+            CommandResult::Deleted { count } => Ok(count > 0),
+            other => Err(Error::Io(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    /// Sets `key` to `new` (or removes it, for `None`) if it currently holds
+    /// `expected` (`None`: absent). Returns whether it did, and the value
+    /// found.
+    pub async fn cas(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<(bool, Option<Vec<u8>>), Error> {
+        check_key(key)?;
+        if let Some(value) = new {
+            check_value(value)?;
+        }
+        let command = Command::Cas {
+            key: key.to_vec(),
+            expected: expected.map(<[u8]>::to_vec),
+            new: new.map(<[u8]>::to_vec),
+        };
+        match self.write(key, command).await? {
+            CommandResult::CasResult { succeeded, current } => Ok((succeeded, current)),
+            other => Err(Error::Io(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    /// Applies several writes atomically. All keys must lie in one range.
+    pub async fn batch(&self, commands: Vec<Command>) -> Result<CommandResult, Error> {
+        let first = commands
+            .iter()
+            .find_map(command_key)
+            .ok_or_else(|| Error::InvalidArgument("an empty batch".into()))?
+            .to_vec();
+        let group = self.range_of(&first)?.group;
+        for key in commands.iter().filter_map(command_key) {
+            if self.range_of(key)?.group != group {
+                return Err(Error::InvalidArgument(format!(
+                    "batch keys {first:?} and {key:?} lie in different ranges; a batch is atomic within one range"
+                )));
+            }
+        }
+        self.write(&first, Command::Batch(commands)).await
+    }
+
+    /// The value of `key` (linearizable).
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        check_key(key)?;
+        match self.call(key, Request::Get { key: key.to_vec() }).await? {
+            Response::Value(value) => Ok(value),
+            other => Err(Error::Io(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    /// Up to `limit` pairs with keys in `[start, end)`, in key order, from
+    /// the range holding `start` (linearizable). Continue from the last key
+    /// returned to read further.
+    pub async fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, Error> {
+        check_key(start)?;
+        if end.is_some_and(|end| end < start) {
+            return Err(Error::InvalidArgument(format!(
+                "scan end {end:?} is before its start {start:?}"
+            )));
+        }
+        let request = Request::Scan {
+            start: start.to_vec(),
+            end: end.map(<[u8]>::to_vec),
+            limit,
+        };
+        match self.call(start, request).await? {
+            Response::Rows(rows) => Ok(rows),
+            other => Err(Error::Io(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    /// A blocking facade over this handle.
+    pub fn blocking(&self) -> BlockingDb {
+        BlockingDb { db: self.clone() }
+    }
+}
+
+fn command_key(command: &Command) -> Option<&[u8]> {
+    match command {
+        Command::Put { key, .. } | Command::Delete { key } | Command::Cas { key, .. } => Some(key),
+        Command::DeleteRange { start, .. } => Some(start),
+        Command::Batch(_) => None,
+    }
+}
+
+/// The same operations as [`Db`], for callers without an async runtime.
+/// Each call runs on a small private runtime; do not call it from inside an
+/// async task.
+#[derive(Clone, Debug)]
+pub struct BlockingDb {
+    db: Db,
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(future),
+        Err(error) => panic!("cannot start a runtime for a blocking call: {error}"),
+    }
+}
+
+impl BlockingDb {
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        block_on(self.db.put(key, value))
+    }
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        block_on(self.db.get(key))
+    }
+    pub fn delete(&self, key: &[u8]) -> Result<bool, Error> {
+        block_on(self.db.delete(key))
+    }
+    pub fn cas(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<(bool, Option<Vec<u8>>), Error> {
+        block_on(self.db.cas(key, expected, new))
+    }
+    pub fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, Error> {
+        block_on(self.db.scan(start, end, limit))
+    }
+    pub fn batch(&self, commands: Vec<Command>) -> Result<CommandResult, Error> {
+        block_on(self.db.batch(commands))
+    }
+}
