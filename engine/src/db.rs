@@ -38,7 +38,8 @@ pub enum Error {
     /// An IO error.
     #[error("io: {0}")]
     Io(String),
-    /// The node is shut down.
+    /// The node is shut down. A request that was in flight when it stopped
+    /// may or may not have taken effect, as with `Timeout`.
     #[error("the node is shut down")]
     Shutdown,
 }
@@ -61,6 +62,7 @@ impl Error {
                 Error::RangeMismatch(error.to_string())
             }
             NodeError::InvalidArgument(reason) => Error::InvalidArgument(reason),
+            NodeError::Aborted(_) => Error::Shutdown,
         }
     }
 }

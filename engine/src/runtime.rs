@@ -251,13 +251,13 @@ impl Worker {
                 // The WAL failed (IO error, full disk): nothing more can be
                 // made durable. Fail everything waiting and stop.
                 for (_, reply) in std::mem::take(&mut self.waiting) {
-                    let _ = reply.send(Err(NodeError::Refused(format!("WAL failure: {error}"))));
+                    let _ = reply.send(Err(NodeError::Aborted(format!("WAL failure: {error}"))));
                 }
                 break;
             }
         }
         for (_, reply) in std::mem::take(&mut self.waiting) {
-            let _ = reply.send(Err(NodeError::Refused("node shut down".to_string())));
+            let _ = reply.send(Err(NodeError::Aborted("node shut down".to_string())));
         }
     }
 

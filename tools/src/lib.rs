@@ -6,6 +6,7 @@
 //! are thin wrappers over it so that tests drive exactly the code the
 //! command line runs.
 
+pub mod demo;
 pub mod history;
 pub mod sim;
 pub mod wal_cmd;

@@ -98,9 +98,14 @@ pub enum NodeError {
     /// The request is malformed.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// Raft refused the request (e.g. a leadership transfer is running).
+    /// Raft refused the request (e.g. a leadership transfer is running); it
+    /// was not proposed.
     #[error("refused by raft: {0}")]
     Refused(String),
+    /// The node stopped (shutdown, or its WAL failed) with the request in
+    /// flight: its outcome is unknown, as for a timeout.
+    #[error("aborted: {0}; the outcome is unknown")]
+    Aborted(String),
 }
 
 #[derive(Debug)]
