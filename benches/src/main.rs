@@ -1,6 +1,10 @@
 //! `flotilla-bench`: flotilla's throughput suite. Every benchmark measures a
 //! baseline in the same run and reports ratios against it.
 
+mod node;
+
+#[global_allocator]
+static ALLOCATOR: node::CountingAllocator = node::CountingAllocator;
 mod wal;
 
 use std::path::PathBuf;
@@ -21,6 +25,22 @@ enum Command {
     /// per write, 256-byte entries, every write synced; plus the disk's own
     /// write+fdatasync figures and WAL recovery time.
     Wal(WalArgs),
+    /// One node with many ranges: open and restart time, memory per idle
+    /// range, CPU with every range quiesced.
+    Node(NodeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct NodeArgs {
+    /// Ranges on the node.
+    #[arg(long, default_value_t = 10_000)]
+    ranges: u64,
+    /// Seconds of idle CPU measurement.
+    #[arg(long, default_value_t = 10.0)]
+    idle_seconds: f64,
+    /// Where the node keeps its data.
+    #[arg(long, default_value = "target/flotilla-bench/node")]
+    dir: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -68,7 +88,43 @@ fn main() {
     let cli = Cli::parse();
     match cli.command {
         Command::Wal(args) => run_wal(args),
+        Command::Node(args) => run_node(args),
     }
+}
+
+fn run_node(args: NodeArgs) {
+    let _ = std::fs::remove_dir_all(&args.dir);
+    std::fs::create_dir_all(&args.dir)
+        .unwrap_or_else(|e| panic!("mkdir {}: {e}", args.dir.display()));
+    let r = node::run(
+        &args.dir,
+        args.ranges,
+        Duration::from_secs_f64(args.idle_seconds),
+    );
+    let _ = std::fs::remove_dir_all(&args.dir);
+    let grown = r.rss_after_kib.saturating_sub(r.rss_before_kib) * 1024;
+    let heap = (r.heap_after - r.heap_before).max(0) as u64;
+    let per_range = heap.saturating_sub(r.data_bytes) as f64 / r.ranges as f64;
+    println!("node: {} ranges on one node", r.ranges);
+    println!(
+        "  open {} ms, every range elected in {} more ms",
+        r.open_ms, r.elect_ms
+    );
+    println!(
+        "  one write per range: {} ms ({:.0} writes/s)",
+        r.write_ms,
+        r.ranges as f64 / (r.write_ms.max(1) as f64 / 1000.0)
+    );
+    println!("  memory: live heap grew {} KiB for {} KiB of data: {per_range:.0} bytes per idle range beyond the data (anonymous RSS grew {} KiB)", heap / 1024, r.data_bytes / 1024, grown / 1024);
+    println!(
+        "  idle, every range quiesced: {:.2}% of a core over {:.0} s",
+        r.idle_cpu_percent, r.idle_seconds
+    );
+    println!("  restart (WAL replay of every range) {} ms, elected in {} more ms, read every value back in {} ms", r.restart_ms, r.restart_elect_ms, r.read_ms);
+    println!(
+        "{{\"bench\":\"node\",\"ranges\":{},\"open_ms\":{},\"elect_ms\":{},\"write_ms\":{},\"restart_ms\":{},\"restart_elect_ms\":{},\"read_ms\":{},\"bytes_per_idle_range\":{per_range:.0},\"idle_cpu_percent\":{:.3}}}",
+        r.ranges, r.open_ms, r.elect_ms, r.write_ms, r.restart_ms, r.restart_elect_ms, r.read_ms, r.idle_cpu_percent
+    );
 }
 
 fn run_wal(args: WalArgs) {

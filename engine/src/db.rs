@@ -67,7 +67,8 @@ impl Error {
     }
 }
 
-/// How long a request keeps retrying while its range has no leader.
+/// How long a request keeps retrying while its range has no leader (and a
+/// read, after a timeout).
 const UNAVAILABLE_RETRY_FOR: Duration = Duration::from_secs(5);
 const UNAVAILABLE_BACKOFF: Duration = Duration::from_millis(10);
 
@@ -129,10 +130,17 @@ impl Db {
                     Error::Unavailable("the node's request queue is full".into())
                 }
             })?;
+            let is_read = !matches!(request, Request::Write(_));
             match response.await {
                 Ok(Err(NodeError::Unavailable(_))) if tokio::time::Instant::now() < deadline => {
                     // No leader yet: nothing was proposed, so retrying is safe.
                     tokio::time::sleep(UNAVAILABLE_BACKOFF).await;
+                }
+                Ok(Err(NodeError::Timeout))
+                    if is_read && tokio::time::Instant::now() < deadline =>
+                {
+                    // A read has no effect: after a timeout (a leader change
+                    // lost its confirmation) it is simply asked again.
                 }
                 Ok(result) => return result.map_err(Error::from_node),
                 Err(_) => return Err(Error::Shutdown),

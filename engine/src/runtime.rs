@@ -97,6 +97,31 @@ impl NodeOptions {
     }
 }
 
+/// Counts boots of the node's data in `DIR/incarnation`, durably, so that
+/// every boot gets a number no earlier boot had.
+fn next_incarnation(data_dir: &std::path::Path) -> Result<u64, Error> {
+    use std::io::Write as _;
+    let path = data_dir.join("incarnation");
+    let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
+    let previous = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().map_err(|e| {
+            Error::Corruption(format!("{} does not hold a number: {e}", path.display()))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(io(e)),
+    };
+    let next = previous + 1;
+    let temp = data_dir.join("incarnation.tmp");
+    let mut file = std::fs::File::create(&temp).map_err(io)?;
+    file.write_all(next.to_string().as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&temp, &path).map_err(io)?;
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(next)
+}
+
 /// A client request on its way to the worker.
 pub(crate) struct Submission {
     pub(crate) group: GroupId,
@@ -134,12 +159,15 @@ impl Node {
         inbox: Receiver<Frame>,
     ) -> Result<Node, Error> {
         let ranges = options.bootstrap.descriptors()?;
+        std::fs::create_dir_all(&options.data_dir)
+            .map_err(|e| Error::Io(format!("{}: {e}", options.data_dir.display())))?;
         let wal_dir = options.data_dir.join("wal");
         std::fs::create_dir_all(&wal_dir)
             .map_err(|e| Error::Io(format!("{}: {e}", wal_dir.display())))?;
         let wal = Arc::new(Wal::open(&wal_dir, options.wal.clone()).map_err(Error::from_wal)?);
         let mut node_config = options.node.clone();
         node_config.raft.id = options.id;
+        node_config.incarnation = next_incarnation(&options.data_dir)?;
         let core =
             NodeCore::open(options.id, wal, node_config, &ranges).map_err(Error::from_node)?;
         let (submit, submissions) = crossbeam_channel::bounded(65_536);
@@ -293,16 +321,16 @@ impl Worker {
                     let _ = reply.send(result);
                 }
             }
-            {
-                let mut stats = self.stats.lock();
-                stats.rounds += u64::from(handled > 0);
-                stats.frames_sent += frames;
-                stats.leaders = self.core.leader_count();
-                stats.awake_groups = self.core.awake_count();
-            }
+            let mut stats = self.stats.lock();
+            stats.frames_sent += frames;
+            stats.awake_groups = self.core.awake_count();
             if handled == 0 {
                 return Ok(());
             }
+            // Roles only change in rounds with work, so counting leaders
+            // (which visits every group) is skipped on idle ticks.
+            stats.rounds += 1;
+            stats.leaders = self.core.leader_count();
         }
     }
 }

@@ -31,7 +31,11 @@ fn cluster(ranges: u64) -> TestCluster {
             },
         );
         options.tick_interval = Duration::from_millis(5);
-        options.node = NodeConfig::default();
+        options.node = NodeConfig {
+            // 5 ms ticks on a loaded 2-core machine: give requests 2 s.
+            request_timeout_ticks: 400,
+            ..NodeConfig::default()
+        };
         options.wal.segment_bytes = 4 << 20;
         options.wal.zero_fill_segments = false;
         nodes.push(Some(

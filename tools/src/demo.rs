@@ -66,7 +66,9 @@ struct KeyState {
 }
 
 fn client_key(client: usize, k: u32) -> Vec<u8> {
-    let spread = (client as u32).wrapping_mul(7_919).wrapping_add(k.wrapping_mul(2_654_435_761));
+    let spread = (client as u32)
+        .wrapping_mul(7_919)
+        .wrapping_add(k.wrapping_mul(2_654_435_761));
     let mut key = spread.to_be_bytes().to_vec();
     key.extend_from_slice(format!("/c{client}/k{k}").as_bytes());
     key
@@ -87,7 +89,10 @@ fn percentiles(h: &Histogram<u64>) -> (u64, u64, u64) {
 /// Runs the demo. `Err` only when the cluster could not even start.
 pub async fn run(options: DemoOptions) -> Result<DemoReport, String> {
     let temp = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-    let base = options.data_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    let base = options
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
     let network = LocalNetwork::new(42);
     let mut nodes: Vec<Option<Node>> = Vec::new();
     for id in 1..=3u64 {
@@ -130,16 +135,19 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, String> {
     let reads = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let failures: Shared<Vec<String>> = Default::default();
-    let write_latency: Shared<Histogram<u64>> =
-        Arc::new(std::sync::Mutex::new(Histogram::new(3).map_err(|e| e.to_string())?));
-    let read_latency: Shared<Histogram<u64>> =
-        Arc::new(std::sync::Mutex::new(Histogram::new(3).map_err(|e| e.to_string())?));
+    let write_latency: Shared<Histogram<u64>> = Arc::new(std::sync::Mutex::new(
+        Histogram::new(3).map_err(|e| e.to_string())?,
+    ));
+    let read_latency: Shared<Histogram<u64>> = Arc::new(std::sync::Mutex::new(
+        Histogram::new(3).map_err(|e| e.to_string())?,
+    ));
     let mut tasks = Vec::new();
     for client in 0..options.clients {
         let dbs = dbs.clone();
         let dead = Arc::clone(&dead);
         let stop = Arc::clone(&stop);
-        let (writes, reads, errors) = (Arc::clone(&writes), Arc::clone(&reads), Arc::clone(&errors));
+        let (writes, reads, errors) =
+            (Arc::clone(&writes), Arc::clone(&reads), Arc::clone(&errors));
         let failures = Arc::clone(&failures);
         let (write_latency, read_latency) = (Arc::clone(&write_latency), Arc::clone(&read_latency));
         let keys = options.keys_per_client;
@@ -164,9 +172,17 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, String> {
                     let value = format!("c{client}-s{seq}").into_bytes();
                     match dbs[node].put(&key, &value).await {
                         Ok(()) => {
-                            let _ = write_latency.lock().map(|mut h| h.record(begin.elapsed().as_micros() as u64));
+                            let _ = write_latency
+                                .lock()
+                                .map(|mut h| h.record(begin.elapsed().as_micros() as u64));
                             writes.fetch_add(1, Ordering::Relaxed);
-                            state.insert(k, KeyState { acked: Some(value), maybe: Vec::new() });
+                            state.insert(
+                                k,
+                                KeyState {
+                                    acked: Some(value),
+                                    maybe: Vec::new(),
+                                },
+                            );
                         }
                         Err(Error::Timeout | Error::Shutdown) => {
                             errors.fetch_add(1, Ordering::Relaxed);
@@ -179,7 +195,9 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, String> {
                 } else {
                     match dbs[node].get(&key).await {
                         Ok(value) => {
-                            let _ = read_latency.lock().map(|mut h| h.record(begin.elapsed().as_micros() as u64));
+                            let _ = read_latency
+                                .lock()
+                                .map(|mut h| h.record(begin.elapsed().as_micros() as u64));
                             reads.fetch_add(1, Ordering::Relaxed);
                             let expected = state.get(&k).cloned().unwrap_or_default();
                             let fine = value == expected.acked
@@ -193,7 +211,13 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, String> {
                                 }
                             } else if let Some(v) = value {
                                 // What was read is now known to be the latest.
-                                state.insert(k, KeyState { acked: Some(v), maybe: Vec::new() });
+                                state.insert(
+                                    k,
+                                    KeyState {
+                                        acked: Some(v),
+                                        maybe: Vec::new(),
+                                    },
+                                );
                             }
                         }
                         Err(_) => {
@@ -240,7 +264,9 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, String> {
             }
             killed_at = Some(Instant::now());
             report.killed = Some((id, leaders));
-            progress.println(format!("demo: killed node {id}, which led {leaders} ranges"));
+            progress.println(format!(
+                "demo: killed node {id}, which led {leaders} ranges"
+            ));
         }
         if let Some(at) = killed_at {
             if report.failover_ms.is_none() && total_leaders(&nodes) >= options.ranges as usize {
@@ -256,7 +282,9 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, String> {
         states.push(task.await.map_err(|e| format!("client task: {e}"))?);
     }
     if killed_at.is_some() && report.failover_ms.is_none() {
-        report.failures.push("some ranges never got a new leader".into());
+        report
+            .failures
+            .push("some ranges never got a new leader".into());
     }
 
     // Every acknowledged write must read back from a surviving node.

@@ -42,6 +42,11 @@ pub struct NodeConfig {
     /// groups it led wake here and campaign (quiesced followers never time
     /// out by themselves).
     pub peer_down_after_ticks: u64,
+    /// Which boot of this node's data this is; it must differ between boots
+    /// (the runtime keeps a counter next to the WAL). Request ids carry it,
+    /// so that a proposal made before a crash and committed after it can
+    /// never complete a request of the new boot that reuses its number.
+    pub incarnation: u64,
 }
 
 impl Default for NodeConfig {
@@ -51,6 +56,7 @@ impl Default for NodeConfig {
             request_timeout_ticks: 50,
             quiesce_after_idle_ticks: 20,
             peer_down_after_ticks: 10,
+            incarnation: 0,
         }
     }
 }
@@ -110,8 +116,11 @@ pub enum NodeError {
 
 #[derive(Debug)]
 enum Pending {
+    /// The command is kept so that apply completes the request only with
+    /// the result of exactly this command.
     Write {
         submitted_tick: u64,
+        command: Command,
     },
     Read {
         submitted_tick: u64,
@@ -122,7 +131,7 @@ enum Pending {
 impl Pending {
     fn submitted_tick(&self) -> u64 {
         match self {
-            Pending::Write { submitted_tick } | Pending::Read { submitted_tick, .. } => {
+            Pending::Write { submitted_tick, .. } | Pending::Read { submitted_tick, .. } => {
                 *submitted_tick
             }
         }
@@ -136,11 +145,22 @@ struct Peer {
     down: bool,
 }
 
+/// Request ids a range remembers to drop duplicate proposals.
+const RECENT_REQUESTS_MAX: usize = 1024;
+
 #[derive(Debug)]
 struct Replica {
     descriptor: RangeDescriptor,
     raft: RawNode<GroupLog>,
     state: RangeState,
+    /// The ids of the last `RECENT_REQUESTS_MAX` proposals applied, oldest
+    /// first. A proposal forwarded by a follower can reach the leader twice
+    /// (a network that duplicates, a retry) and be appended twice; the
+    /// second copy must not apply again (a write would undo later writes).
+    /// Replicated state: every replica applies the same log, so every
+    /// replica drops the same copies.
+    recent_requests: std::collections::VecDeque<u64>,
+    recent_request_set: BTreeSet<u64>,
     pending: BTreeMap<RequestId, Pending>,
     last_request_tick: u64,
 }
@@ -151,7 +171,9 @@ pub struct NodeCore {
     id: NodeId,
     wal: Arc<Wal>,
     config: NodeConfig,
-    replicas: BTreeMap<GroupId, Replica>,
+    /// Boxed: a replica is about a kilobyte, and the map's nodes would
+    /// otherwise hold eleven of them inline whether used or not.
+    replicas: BTreeMap<GroupId, Box<Replica>>,
     /// Groups that received input since the last round.
     active: BTreeSet<GroupId>,
     /// Groups that are not quiesced: the only ones ticked.
@@ -221,13 +243,15 @@ impl NodeCore {
         let state = RangeState::new(descriptor.span.clone());
         self.replicas.insert(
             group,
-            Replica {
+            Box::new(Replica {
                 descriptor,
                 raft,
                 state,
                 pending: BTreeMap::new(),
                 last_request_tick: 0,
-            },
+                recent_requests: std::collections::VecDeque::new(),
+                recent_request_set: BTreeSet::new(),
+            }),
         );
         self.awake.insert(group);
         self.active.insert(group);
@@ -252,6 +276,22 @@ impl NodeCore {
             .filter(|&l| l != NO_NODE)
     }
 
+    /// A one-line account of this node's replica of `group`, for failure
+    /// reports: Raft's view, whether it is ticked, and what waits on it.
+    pub fn describe_group(&self, group: GroupId) -> String {
+        match self.replicas.get(&group) {
+            Some(r) => format!(
+                "{:?} quiesced={} awake={} pending={} applied_state={}",
+                r.raft,
+                r.raft.is_quiesced(),
+                self.awake.contains(&group),
+                r.pending.len(),
+                r.state.applied_index()
+            ),
+            None => format!("no replica of group {group}"),
+        }
+    }
+
     /// Groups whose leader is this node.
     pub fn leader_count(&self) -> usize {
         self.replicas
@@ -268,7 +308,12 @@ impl NodeCore {
     /// Submits a request to `group`; its completion comes out of
     /// [`NodeCore::take_completions`] after later rounds.
     pub fn submit(&mut self, group: GroupId, request: Request) -> RequestId {
-        let request_id = (self.id << 40) | self.next_request;
+        // node (16 bits) | boot (16 bits) | counter (32 bits): unique on this
+        // node across restarts (for 65,536 boots), and never equal to
+        // another node's ids, since every replica applies every proposal.
+        let request_id = ((self.id & 0xFFFF) << 48)
+            | ((self.config.incarnation & 0xFFFF) << 32)
+            | (self.next_request & 0xFFFF_FFFF);
         self.next_request += 1;
         if let Err(error) = self.try_submit(group, request_id, request) {
             self.completions.push((request_id, Err(error)));
@@ -305,6 +350,7 @@ impl NodeCore {
                     request_id,
                     Pending::Write {
                         submitted_tick: ticks,
+                        command: command.clone(),
                     },
                 );
             }
@@ -390,13 +436,19 @@ impl NodeCore {
                 replica.pending.remove(&id);
                 self.completions.push((id, Err(NodeError::Timeout)));
             }
+            if replica.pending.is_empty() {
+                replica.pending = BTreeMap::new();
+            }
             if replica.pending.is_empty()
                 && ticks.saturating_sub(replica.last_request_tick) > idle
                 && replica.raft.can_quiesce()
             {
                 replica.raft.quiesce();
             }
-            if replica.raft.is_quiesced() && !replica.raft.has_ready() {
+            // A group with requests waiting stays ticked, so that they time
+            // out if their messages were lost.
+            if replica.raft.is_quiesced() && !replica.raft.has_ready() && replica.pending.is_empty()
+            {
                 asleep.push(group);
             }
             self.active.insert(group);
@@ -481,11 +533,25 @@ impl NodeCore {
                     replica.state.advance_applied(entry.index, entry.term);
                 }
                 EntryKind::Normal => match Proposal::decode(&entry.data) {
+                    Ok(proposal) if replica.recent_request_set.contains(&proposal.request_id) => {
+                        // A duplicate of a proposal already applied.
+                        replica.state.advance_applied(entry.index, entry.term);
+                    }
                     Ok(proposal) => {
+                        replica.recent_requests.push_back(proposal.request_id);
+                        replica.recent_request_set.insert(proposal.request_id);
+                        if replica.recent_requests.len() > RECENT_REQUESTS_MAX {
+                            if let Some(old) = replica.recent_requests.pop_front() {
+                                replica.recent_request_set.remove(&old);
+                            }
+                        }
                         let result = replica.state.apply(entry.index, entry.term, &proposal);
-                        if let Some(Pending::Write { .. }) =
-                            replica.pending.remove(&proposal.request_id)
-                        {
+                        let ours = matches!(
+                            replica.pending.get(&proposal.request_id),
+                            Some(Pending::Write { command, .. }) if *command == proposal.command
+                        );
+                        if ours {
+                            replica.pending.remove(&proposal.request_id);
                             self.completions
                                 .push((proposal.request_id, Ok(Response::Write(result))));
                         }
@@ -508,6 +574,10 @@ impl NodeCore {
             };
             let response = serve_read(&replica.state, &request);
             self.completions.push((read.request, response));
+        }
+        if replica.pending.is_empty() {
+            // An emptied map keeps its root node; an idle range should not.
+            replica.pending = BTreeMap::new();
         }
         replica.raft.advance(ready);
         if replica.raft.has_ready() {

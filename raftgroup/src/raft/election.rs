@@ -177,6 +177,16 @@ impl<S: LogStorage> Raft<S> {
                     VoteResult::Pending => {}
                 }
             }
+            // A pre-candidate has not left the leader's term: a read the
+            // leader confirmed in that term is still valid (its safety rests
+            // on the leader's quorum, not on us). Dropping it would leave the
+            // caller waiting for a timeout.
+            MessageBody::ReadIndexResponse { request, index }
+                if self.role == Role::PreCandidate =>
+            {
+                self.reads_awaiting_apply
+                    .push(crate::types::ReadState { request, index });
+            }
             // No leader to forward to: proposals and reads are dropped and
             // their callers time out.
             _ => {}

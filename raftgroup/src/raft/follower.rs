@@ -116,6 +116,7 @@ impl<S: LogStorage> Raft<S> {
         if quiesce && self.can_quiesce_as_follower(commit) {
             // Nothing to answer: the leader went quiet and must stay so.
             self.quiesced = true;
+            self.shrink_buffers();
             return;
         }
         self.send(m.from, self.term, MessageBody::HeartbeatResponse { round });

@@ -166,7 +166,9 @@ impl<S: LogStorage> Raft<S> {
     /// Sends a heartbeat to every follower, starting a new round that
     /// confirms pending reads and renews the lease.
     pub(crate) fn broadcast_heartbeat(&mut self, quiesce: bool) {
-        let round = self.reads.start_round(self.ticks);
+        let lease_tick =
+            (self.cfg.read_mode == crate::config::ReadMode::Lease).then_some(self.ticks);
+        let round = self.reads.start_round(lease_tick);
         let id = self.id;
         let committed = self.log.committed;
         let mut beats = Vec::new();

@@ -36,7 +36,22 @@ impl<S: LogStorage> Raft<S> {
         // The lease ends here: a quiesced follower no longer refuses votes.
         self.reads.clear();
         self.quiesced = true;
+        self.shrink_buffers();
         true
+    }
+
+    /// An idle group should cost as little memory as possible: buffers that
+    /// grew while it was busy (inflight windows, read queues) are released.
+    pub(crate) fn shrink_buffers(&mut self) {
+        self.reads.shrink();
+        // Reads confirmed and waiting for apply stay: they are released at
+        // the next `Ready`, quiesced or not.
+        if self.reads_awaiting_apply.is_empty() {
+            self.reads_awaiting_apply = Vec::new();
+        }
+        for (_, progress) in self.tracker.iter_mut() {
+            progress.inflights.shrink();
+        }
     }
 
     /// A follower quiesces only when it has exactly the leader's log.

@@ -45,14 +45,31 @@ pub(crate) struct ReadQueue {
 }
 
 impl ReadQueue {
-    pub(crate) fn start_round(&mut self, tick: u64) -> u64 {
+    /// Starts heartbeat round `round + 1`. Its send tick is remembered only
+    /// when leases are in use (`tick` is `Some`): it is what a lease is
+    /// measured from, and nothing else needs it.
+    pub(crate) fn start_round(&mut self, tick: Option<u64>) -> u64 {
         self.round += 1;
-        self.round_ticks.push_back((self.round, tick));
-        if self.round_ticks.len() > ROUNDS_REMEMBERED_MAX {
-            self.round_ticks.pop_front();
+        if let Some(tick) = tick {
+            self.round_ticks.push_back((self.round, tick));
+            if self.round_ticks.len() > ROUNDS_REMEMBERED_MAX {
+                self.round_ticks.pop_front();
+            }
         }
         self.round_wanted = false;
         self.round
+    }
+
+    /// Gives back the memory of an idle group's queues (only what is
+    /// empty: nothing waiting is ever dropped).
+    pub(crate) fn shrink(&mut self) {
+        if self.waiting.is_empty() {
+            self.waiting = VecDeque::new();
+        }
+        if self.held_for_commit.is_empty() {
+            self.held_for_commit = Vec::new();
+        }
+        self.round_ticks.shrink_to_fit();
     }
 
     pub(crate) fn clear(&mut self) {

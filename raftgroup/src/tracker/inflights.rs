@@ -51,6 +51,12 @@ impl Inflights {
         self.sent.len() >= self.max_msgs || (self.max_bytes > 0 && self.bytes >= self.max_bytes)
     }
 
+    /// Releases the window's memory (it must be empty or resettable).
+    pub(crate) fn shrink(&mut self) {
+        self.sent = VecDeque::new();
+        self.bytes = 0;
+    }
+
     pub(crate) fn reset(&mut self) {
         self.sent.clear();
         self.bytes = 0;

@@ -4,4 +4,5 @@
 //! `ChaCha8Rng` seeded from it and every collection that affects the run is
 //! ordered, so a failing seed replays exactly.
 
+pub mod cluster;
 pub mod raft;
