@@ -71,6 +71,8 @@ impl Error {
 /// read, after a timeout).
 const UNAVAILABLE_RETRY_FOR: Duration = Duration::from_secs(5);
 const UNAVAILABLE_BACKOFF: Duration = Duration::from_millis(10);
+/// The longest a caller waits for the node to answer one attempt.
+const ANSWER_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// A cloneable handle for reads and writes. Reads are linearizable
 /// (ReadIndex). Requests may go to any node: followers forward to the
@@ -131,7 +133,14 @@ impl Db {
                 }
             })?;
             let is_read = !matches!(request, Request::Write(_));
-            match response.await {
+            // The node answers every request (with a timeout of its own);
+            // this bound only guards against a node that vanished between
+            // taking a request and answering it.
+            let response = match tokio::time::timeout(ANSWER_WAIT_MAX, response).await {
+                Ok(response) => response,
+                Err(_) => return Err(Error::Timeout),
+            };
+            match response {
                 Ok(Err(NodeError::Unavailable(_))) if tokio::time::Instant::now() < deadline => {
                     // No leader yet: nothing was proposed, so retrying is safe.
                     tokio::time::sleep(UNAVAILABLE_BACKOFF).await;

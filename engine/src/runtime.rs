@@ -287,6 +287,14 @@ impl Worker {
         for (_, reply) in std::mem::take(&mut self.waiting) {
             let _ = reply.send(Err(NodeError::Aborted("node shut down".to_string())));
         }
+        // Requests still queued were never started. The channel outlives
+        // this worker (every `Db` holds a sender), so they must be answered
+        // here or their callers would wait forever.
+        while let Ok(submission) = self.submissions.try_recv() {
+            let _ = submission
+                .reply
+                .send(Err(NodeError::Refused("node shut down".to_string())));
+        }
     }
 
     fn submit(&mut self, submission: Submission) {
