@@ -55,10 +55,25 @@ pub trait SegmentFile: Send + Sync + fmt::Debug {
     /// Writes all of `bytes` at `offset`. `offset + bytes.len()` must not
     /// exceed [`SegmentFile::size_bytes`].
     fn write_at(&self, offset: u64, bytes: &[u8]) -> io::Result<()>;
+    /// Writes the concatenation of `parts` at `offset`, like one
+    /// [`SegmentFile::write_at`] of the joined bytes (one `pwritev` on a real
+    /// disk, which saves assembling a record in memory).
+    fn write_vectored_at(&self, offset: u64, parts: &[&[u8]]) -> io::Result<()> {
+        self.write_at(offset, &parts.concat())
+    }
     /// Returns `len` bytes starting at `offset`.
     fn read_at(&self, offset: u64, len: usize) -> io::Result<ReadView>;
     /// Makes every byte written so far durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;
+    /// Hints that the file's cached pages will not be needed soon: the
+    /// segment is sealed and synced, and its recent entries are in the
+    /// entry cache. Freeing them lets the kernel reuse those pages for the
+    /// next segment instead of taking never-touched memory, which costs
+    /// about 25× more per page in a virtual machine whose host backs guest
+    /// memory lazily (measured: 148 ms vs 5.7 ms to write 64 MiB of zeros
+    /// into a new file). Reads still work; they go to the disk. Advisory:
+    /// the default does nothing.
+    fn release_cache(&self) {}
 }
 
 /// Bytes read from a segment: a window into the mapping (no copy) or an owned
@@ -272,6 +287,12 @@ impl SegmentFile for DiskSegment {
         self.file.write_all_at(bytes, offset)
     }
 
+    fn write_vectored_at(&self, offset: u64, parts: &[&[u8]]) -> io::Result<()> {
+        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        check_range(offset, total, self.len)?;
+        write_all_vectored_at(&self.file, offset, parts)
+    }
+
     fn read_at(&self, offset: u64, len: usize) -> io::Result<ReadView> {
         check_range(offset, len as u64, self.len)?;
         Ok(ReadView {
@@ -286,6 +307,71 @@ impl SegmentFile for DiskSegment {
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+
+    fn release_cache(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: the descriptor is valid for the lifetime of `self.file`;
+            // posix_fadvise only drops clean cached pages and has no
+            // memory-safety preconditions. Failure is harmless (a hint).
+            unsafe {
+                libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+            }
+        }
+    }
+}
+
+/// `pwritev` of all of `parts` at `offset`, resuming after short writes and
+/// interrupts, at most `IOV_MAX` buffers per call.
+fn write_all_vectored_at(file: &File, mut offset: u64, parts: &[&[u8]]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const IOV_MAX: usize = 1024;
+    let mut left: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
+    let mut first = 0;
+    while first < left.len() {
+        let batch = &left[first..left.len().min(first + IOV_MAX)];
+        let iov: Vec<libc::iovec> = batch
+            .iter()
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            })
+            .collect();
+        let at = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        // SAFETY: every iovec points into a slice borrowed for this call and
+        // gives its exact length; the kernel only reads them. `iov.len()` is
+        // at most IOV_MAX, and the descriptor is valid while `file` lives.
+        let n =
+            unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, at) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "pwritev wrote nothing",
+            ));
+        }
+        let mut written = n as usize;
+        offset += written as u64;
+        while written > 0 {
+            let part = &mut left[first];
+            if written >= part.len() {
+                written -= part.len();
+                first += 1;
+            } else {
+                *part = &part[written..];
+                written = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Allocates `len` bytes of real extents. Falls back to writing zeros where

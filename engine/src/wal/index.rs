@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::batch::{GroupId, HardState, LogEntry, WalItem};
+use super::batch::{GroupId, HardState, LogEntry, WalItem, ENTRY_OVERHEAD_BYTES};
 use super::file::SegmentFile;
 use super::format::{self, EntrySpan};
 use super::WalError;
@@ -54,8 +54,41 @@ pub(crate) struct GroupLog {
     pub hard_state: Option<HardState>,
     /// Segment holding the latest hard state.
     pub hard_state_seq: u64,
-    cache: VecDeque<LogEntry>,
+    cache: VecDeque<CachedEntry>,
     anchor: Anchor,
+}
+
+/// The encoded bytes of one written batch; `base` is the segment offset of
+/// `bytes[0]`. Cached entries point into it instead of owning copies, so
+/// caching a batch costs one reference per entry and no allocation.
+#[derive(Clone, Debug)]
+pub(crate) struct BatchBytes {
+    pub bytes: Arc<Vec<u8>>,
+    pub base: u64,
+}
+
+/// A cached entry: where its encoding sits in the batch it was written
+/// with. The batch's buffer lives until its last cached entry leaves, so the
+/// memory held can exceed the cache bound by at most one batch per group
+/// still partly cached.
+#[derive(Clone, Debug)]
+struct CachedEntry {
+    index: u64,
+    batch: Arc<Vec<u8>>,
+    offset: u32,
+    len: u32,
+}
+
+impl CachedEntry {
+    /// What the entry counts against the cache bound:
+    /// [`LogEntry::size_bytes`] of the decoded entry.
+    fn cost_bytes(&self) -> usize {
+        self.len as usize - format::ENTRY_FIXED_BYTES + ENTRY_OVERHEAD_BYTES
+    }
+
+    fn encoded(&self) -> &[u8] {
+        &self.batch[self.offset as usize..(self.offset + self.len) as usize]
+    }
 }
 
 /// How well recovery knows where a group's log starts (see the module doc).
@@ -100,16 +133,20 @@ impl GroupLog {
     }
 }
 
-/// Whether items come from a live append or from the recovery scan.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ApplyMode {
-    Live,
+/// Whether items come from a live append (with the batch they were encoded
+/// in, which the cache keeps) or from the recovery scan.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ApplyMode<'a> {
+    Live(&'a BatchBytes),
     Recovery,
 }
 
 /// The global byte bound of the entry cache. Entries are evicted in the order
-/// they were inserted (FIFO across groups); the queue may hold stale keys of
-/// entries already truncated, which are skipped.
+/// they were inserted (FIFO across groups). The queue holds one key per
+/// appended run of entries, its last index: evicting the key evicts the
+/// group's cached entries up to it, so a 16-entry append costs one key and
+/// one group lookup at eviction instead of sixteen. It may hold stale keys
+/// of entries already truncated, which are skipped.
 #[derive(Debug, Default)]
 struct CacheBudget {
     bytes: usize,
@@ -128,11 +165,14 @@ pub(crate) struct Index {
     /// starts fresh and exactly known.
     pub replay_from_origin: bool,
     cache: CacheBudget,
+    scratch: Scratch,
 }
 
-/// Reads a cached entry's cost against the cache bound.
-fn cached_bytes(e: &LogEntry) -> usize {
-    e.size_bytes()
+/// Buffers `apply` reuses so that applying an item allocates nothing.
+#[derive(Debug, Default)]
+struct Scratch {
+    dropped: Vec<CachedEntry>,
+    added: Vec<(u64, usize)>,
 }
 
 impl Index {
@@ -146,6 +186,7 @@ impl Index {
                 bytes_max: cache_bytes_max,
                 ..CacheBudget::default()
             },
+            scratch: Scratch::default(),
         }
     }
 
@@ -161,10 +202,14 @@ impl Index {
         item: WalItem,
         seq: u64,
         spans: &[EntrySpan],
-        mode: ApplyMode,
+        mode: ApplyMode<'_>,
     ) -> Result<(), String> {
         let group = item.group();
-        let live = mode == ApplyMode::Live;
+        let batch = match mode {
+            ApplyMode::Live(batch) => Some(batch),
+            ApplyMode::Recovery => None,
+        };
+        let live = batch.is_some();
         if let WalItem::GroupRemoved { .. } = item {
             if let Some(g) = self.groups.remove(&group) {
                 self.uncache_all(g.cache.iter());
@@ -183,17 +228,23 @@ impl Index {
                 Anchor::Unknown
             })
         });
-        let mut dropped = Vec::new();
-        let mut added = Vec::new();
-        let result = apply_to_group(g, group, item, seq, spans, live, &mut dropped, &mut added);
+        let mut dropped = std::mem::take(&mut self.scratch.dropped);
+        let mut added = std::mem::take(&mut self.scratch.added);
+        let result = apply_to_group(g, group, item, seq, spans, batch, &mut dropped, &mut added);
+        let now_default = g.is_default();
         self.uncache_all(dropped.iter());
-        for (index, bytes) in added {
+        for &(_, bytes) in &added {
             self.cache.bytes += bytes;
             self.cache.live += 1;
-            self.cache.fifo.push_back((group, index));
         }
+        if let Some(&(last, _)) = added.last() {
+            self.cache.fifo.push_back((group, last));
+        }
+        dropped.clear();
+        added.clear();
+        self.scratch = Scratch { dropped, added };
         if live {
-            if self.groups.get(&group).is_some_and(GroupLog::is_default) {
+            if now_default {
                 self.groups.remove(&group);
             }
             self.evict();
@@ -201,9 +252,9 @@ impl Index {
         result
     }
 
-    fn uncache_all<'a>(&mut self, entries: impl Iterator<Item = &'a LogEntry>) {
+    fn uncache_all<'a>(&mut self, entries: impl Iterator<Item = &'a CachedEntry>) {
         for e in entries {
-            self.cache.bytes -= cached_bytes(e);
+            self.cache.bytes -= e.cost_bytes();
             self.cache.live -= 1;
         }
     }
@@ -218,7 +269,7 @@ impl Index {
             };
             while g.cache.front().is_some_and(|e| e.index <= index) {
                 let e = g.cache.pop_front().expect("front checked");
-                self.cache.bytes -= cached_bytes(&e);
+                self.cache.bytes -= e.cost_bytes();
                 self.cache.live -= 1;
             }
         }
@@ -340,9 +391,6 @@ impl Index {
     /// One live entry: from the cache, or read back and verified.
     pub fn entry(&self, group: GroupId, index: u64) -> Result<LogEntry, WalError> {
         let g = &self.groups[&group];
-        if !g.cache.is_empty() && index >= g.cache_first() {
-            return Ok(g.cache[(index - g.cache_first()) as usize].clone());
-        }
         let loc = g.entries[(index - g.first) as usize];
         let corrupt = |reason: String| WalError::Corruption {
             segment: loc.seq,
@@ -350,6 +398,13 @@ impl Index {
             offset: loc.offset,
             reason,
         };
+        if !g.cache.is_empty() && index >= g.cache_first() {
+            let cached = &g.cache[(index - g.cache_first()) as usize];
+            // The bytes that were written, kept in memory: checked like a
+            // read from the segment.
+            return format::decode_entry(group, cached.encoded())
+                .map_err(|e| corrupt(format!("group {group} cached entry {index}: {e}")));
+        }
         let file = self
             .segments
             .get(&loc.seq)
@@ -379,8 +434,8 @@ fn apply_to_group(
     item: WalItem,
     seq: u64,
     spans: &[EntrySpan],
-    live: bool,
-    dropped: &mut Vec<LogEntry>,
+    batch: Option<&BatchBytes>,
+    dropped: &mut Vec<CachedEntry>,
     added: &mut Vec<(u64, usize)>,
 ) -> Result<(), String> {
     match item {
@@ -413,9 +468,18 @@ fn apply_to_group(
                     len: span.len,
                 });
             }
-            if live {
-                added.extend(entries.iter().map(|e| (e.index, cached_bytes(e))));
-                g.cache.extend(entries);
+            if let Some(batch) = batch {
+                for (e, span) in entries.iter().zip(spans) {
+                    let cached = CachedEntry {
+                        index: e.index,
+                        batch: Arc::clone(&batch.bytes),
+                        offset: u32::try_from(span.offset - batch.base)
+                            .expect("an entry lies inside its batch"),
+                        len: span.len,
+                    };
+                    added.push((e.index, cached.cost_bytes()));
+                    g.cache.push_back(cached);
+                }
             }
         }
         WalItem::HardState { state, .. } => {
@@ -483,7 +547,7 @@ fn apply_to_group(
 }
 
 /// Recovery only: restarts an inferred log as empty at `first`.
-fn reanchor(g: &mut GroupLog, first: u64, dropped: &mut Vec<LogEntry>) {
+fn reanchor(g: &mut GroupLog, first: u64, dropped: &mut Vec<CachedEntry>) {
     g.first = first;
     g.prev_term = 0;
     g.prev_seq = None;
@@ -493,7 +557,7 @@ fn reanchor(g: &mut GroupLog, first: u64, dropped: &mut Vec<LogEntry>) {
 }
 
 /// Drops entries with index `>= from` (no-op past the end).
-fn truncate_from(g: &mut GroupLog, from: u64, dropped: &mut Vec<LogEntry>) {
+fn truncate_from(g: &mut GroupLog, from: u64, dropped: &mut Vec<CachedEntry>) {
     if from > g.last() {
         return;
     }
@@ -510,30 +574,43 @@ fn truncate_from(g: &mut GroupLog, from: u64, dropped: &mut Vec<LogEntry>) {
 #[derive(Debug, Default)]
 pub(crate) struct Overlay {
     bounds: HashMap<GroupId, (u64, u64)>,
+    /// The batch being checked, reused between batches.
+    local: HashMap<GroupId, (u64, u64)>,
 }
 
 impl Overlay {
     fn bounds(&self, index: &Index, group: GroupId) -> (u64, u64) {
-        self.bounds
-            .get(&group)
-            .copied()
-            .unwrap_or_else(|| (index.first_index(group), index.last_index(group)))
+        self.bounds.get(&group).copied().unwrap_or_else(|| {
+            index
+                .groups
+                .get(&group)
+                .map_or((1, 0), |g| (g.first, g.last()))
+        })
     }
 
     /// Checks `items` in order against the log; on success records their
     /// effect so later batches of the round see it.
     pub fn validate(&mut self, index: &Index, items: &[WalItem]) -> Result<(), WalError> {
-        let mut local: HashMap<GroupId, (u64, u64)> = HashMap::new();
+        let mut local = std::mem::take(&mut self.local);
+        local.clear();
         for item in items {
             let group = item.group();
             let (first, last) = local
                 .get(&group)
                 .copied()
                 .unwrap_or_else(|| self.bounds(index, group));
-            let next = step_bounds(group, first, last, item).map_err(WalError::InvalidBatch)?;
-            local.insert(group, next);
+            match step_bounds(group, first, last, item) {
+                Ok(next) => {
+                    local.insert(group, next);
+                }
+                Err(reason) => {
+                    self.local = local;
+                    return Err(WalError::InvalidBatch(reason));
+                }
+            }
         }
-        self.bounds.extend(local);
+        self.bounds.extend(local.drain());
+        self.local = local;
         Ok(())
     }
 }
@@ -598,7 +675,12 @@ fn step_bounds(
 mod tests {
     use super::*;
 
-    fn entries(range: std::ops::RangeInclusive<u64>, size: usize) -> (WalItem, Vec<EntrySpan>) {
+    /// An `Entries` item of group 1, its entry spans as if its batch
+    /// started at segment offset 0, and that batch.
+    fn entries(
+        range: std::ops::RangeInclusive<u64>,
+        size: usize,
+    ) -> (WalItem, Vec<EntrySpan>, BatchBytes) {
         let entries: Vec<LogEntry> = range
             .map(|index| LogEntry {
                 index,
@@ -607,24 +689,28 @@ mod tests {
                 data: vec![0; size],
             })
             .collect();
-        let spans = entries
-            .iter()
-            .map(|e| EntrySpan {
-                offset: e.index * 100,
-                len: 10,
-            })
-            .collect();
-        (WalItem::Entries { group: 1, entries }, spans)
+        let item = WalItem::Entries { group: 1, entries };
+        let (mut bytes, mut spans) = (Vec::new(), Vec::new());
+        format::encode_item(&item, &mut bytes, &mut spans);
+        let batch = BatchBytes {
+            bytes: Arc::new(bytes),
+            base: 0,
+        };
+        (item, spans, batch)
     }
 
     #[test]
     fn cache_and_its_queue_stay_bounded_under_append_truncate_churn() {
         let mut index = Index::new(2_000);
-        let (item, spans) = entries(1..=4, 10);
-        index.apply(item, 1, &spans, ApplyMode::Live).unwrap();
+        let (item, spans, batch) = entries(1..=4, 10);
+        index
+            .apply(item, 1, &spans, ApplyMode::Live(&batch))
+            .unwrap();
         for round in 0..20_000u64 {
-            let (item, spans) = entries(5..=5 + round % 3, 10);
-            index.apply(item, 1, &spans, ApplyMode::Live).unwrap();
+            let (item, spans, batch) = entries(5..=5 + round % 3, 10);
+            index
+                .apply(item, 1, &spans, ApplyMode::Live(&batch))
+                .unwrap();
             assert!(index.cache.bytes <= 2_000);
             assert!(index.cache.fifo.len() <= 2 * index.cache.live + 1024 + 3);
         }
@@ -632,17 +718,19 @@ mod tests {
         let g = &index.groups[&1];
         assert_eq!(g.cache.len(), index.cache.live);
         assert_eq!(g.cache.back().map(|e| e.index), Some(g.last()));
+        let last = index.entry(1, g.last()).unwrap();
+        assert_eq!((last.index, last.data.len()), (g.last(), 10));
     }
 
     #[test]
     fn recovery_reanchors_inferred_starts_but_not_exact_ones() {
         let mut index = Index::new(0);
         // Replay starting after purged segments: group 1 is first seen at 7.
-        let (item, spans) = entries(7..=9, 1);
+        let (item, spans, _) = entries(7..=9, 1);
         index.apply(item, 3, &spans, ApplyMode::Recovery).unwrap();
         assert_eq!(index.first_index(1), 7);
         // History of dead entries contradicts the guess: re-anchor.
-        let (item, spans) = entries(2..=3, 1);
+        let (item, spans, _) = entries(2..=3, 1);
         index.apply(item, 3, &spans, ApplyMode::Recovery).unwrap();
         assert_eq!((index.first_index(1), index.last_index(1)), (2, 3));
         // A snapshot marker fixes the start: contradictions are corruption.
@@ -652,7 +740,7 @@ mod tests {
             term: 2,
         };
         index.apply(marker, 3, &[], ApplyMode::Recovery).unwrap();
-        let (item, spans) = entries(5..=5, 1);
+        let (item, spans, _) = entries(5..=5, 1);
         assert!(index.apply(item, 3, &spans, ApplyMode::Recovery).is_err());
     }
 }

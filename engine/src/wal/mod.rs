@@ -383,14 +383,14 @@ struct Counters {
 
 /// State shared by callers and the sync thread. Lock order:
 /// `purge_lock` → `tail` → `index` → `spares` → `commit`; `commit` is a leaf,
-/// never held while waiting for IO or another lock.
+/// never held while waiting for IO or another lock. Each appender's own
+/// waiting slot (`writer::Waiter`) is a leaf too, taken with no other lock
+/// held.
 #[derive(Debug)]
 struct Shared {
     fs: Arc<dyn WalFs>,
     config: WalConfig,
     commit: Mutex<CommitQueue>,
-    /// Wakes appenders waiting for their result.
-    done_cv: Condvar,
     /// Wakes the sync thread.
     work_cv: Condvar,
     tail: Mutex<Tail>,
@@ -451,7 +451,6 @@ impl Wal {
         let recovery = recovered.report;
         let shared = Arc::new(Shared {
             fs,
-            done_cv: Condvar::new(),
             work_cv: Condvar::new(),
             commit: Mutex::new(CommitQueue::default()),
             tail: Mutex::new(recovered.tail),
