@@ -4,11 +4,11 @@
 //! one frame per destination through the [`Transport`], and completes the
 //! callers.
 //!
-//! Departure from DESIGN.md, on purpose for now: one worker per node rather
-//! than K workers owning disjoint groups. The core already batches every
-//! group's work into one WAL record per round, so a second worker would only
-//! add parallel apply; it comes with the worker split of the node issue's
-//! follow-up, once profiles show apply or stepping as the bound.
+//! Departure from DESIGN.md, deliberate: one worker per node rather than K
+//! workers owning disjoint groups. The core already batches every group's
+//! work into one WAL record per round, so more workers would only add
+//! parallel stepping and apply; they are worth their coordination cost only
+//! once a profile shows stepping or apply as the bound, which none has yet.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

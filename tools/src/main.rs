@@ -85,7 +85,7 @@ enum WalCommand {
 #[derive(Debug, Args)]
 struct WalSimArgs {
     /// Seeds to run, `A..B` (B excluded) or a single seed `A`.
-    #[arg(long, value_parser = parse_seeds)]
+    #[arg(long, value_parser = flotilla_tools::sim::parse_seeds)]
     seeds: Range<u64>,
     /// Worker threads (default: all cores).
     #[arg(long)]
@@ -95,7 +95,7 @@ struct WalSimArgs {
 #[derive(Debug, Args)]
 struct RaftArgs {
     /// Seeds to run, `A..B` (B excluded) or a single seed `A`.
-    #[arg(long, value_parser = parse_seeds)]
+    #[arg(long, value_parser = flotilla_tools::sim::parse_seeds)]
     seeds: Range<u64>,
     /// Print every event of every seed (runs the seeds one after another).
     #[arg(long)]
@@ -126,25 +126,6 @@ impl From<Bug> for PlantedBug {
             Bug::ForgetVote => PlantedBug::ForgetVote,
         }
     }
-}
-
-fn parse_seeds(text: &str) -> Result<Range<u64>, String> {
-    let number = |part: &str| {
-        part.trim()
-            .parse::<u64>()
-            .map_err(|error| format!("`{part}` is not a seed: {error}"))
-    };
-    let range = match text.split_once("..") {
-        Some((start, end)) => number(start)?..number(end)?,
-        None => {
-            let seed = number(text)?;
-            seed..seed.saturating_add(1)
-        }
-    };
-    if range.is_empty() {
-        return Err(format!("`{text}` holds no seeds; write A..B with A < B"));
-    }
-    Ok(range)
 }
 
 fn main() -> ExitCode {

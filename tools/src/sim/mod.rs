@@ -6,3 +6,23 @@
 
 pub mod cluster;
 pub mod raft;
+
+/// Parses `--seeds`: `A..B` (B excluded) or a single seed `A`.
+pub fn parse_seeds(text: &str) -> Result<std::ops::Range<u64>, String> {
+    let number = |part: &str| {
+        part.trim()
+            .parse::<u64>()
+            .map_err(|error| format!("`{part}` is not a seed: {error}"))
+    };
+    let range = match text.split_once("..") {
+        Some((start, end)) => number(start)?..number(end)?,
+        None => {
+            let seed = number(text)?;
+            seed..seed.saturating_add(1)
+        }
+    };
+    if range.is_empty() {
+        return Err(format!("`{text}` holds no seeds; write A..B with A < B"));
+    }
+    Ok(range)
+}

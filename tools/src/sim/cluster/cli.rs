@@ -14,7 +14,7 @@ use super::{run_seed, Options, PlantedBug, DEFAULT_TICKS};
 #[derive(Debug, Args)]
 pub struct ClusterArgs {
     /// Seeds to run, `A..B` (B excluded) or a single seed `A`.
-    #[arg(long, value_parser = parse_seeds)]
+    #[arg(long, value_parser = crate::sim::parse_seeds)]
     seeds: Range<u64>,
     /// Write each seed's history to DIR/seed-{seed}.jsonl (HISTORY.md format).
     #[arg(long, value_name = "DIR")]
@@ -56,25 +56,6 @@ impl From<Bug> for PlantedBug {
             Bug::StaleLocalReads => PlantedBug::StaleLocalReads,
         }
     }
-}
-
-fn parse_seeds(text: &str) -> Result<Range<u64>, String> {
-    let number = |part: &str| {
-        part.trim()
-            .parse::<u64>()
-            .map_err(|error| format!("`{part}` is not a seed: {error}"))
-    };
-    let range = match text.split_once("..") {
-        Some((start, end)) => number(start)?..number(end)?,
-        None => {
-            let seed = number(text)?;
-            seed..seed.saturating_add(1)
-        }
-    };
-    if range.is_empty() {
-        return Err(format!("`{text}` holds no seeds; write A..B with A < B"));
-    }
-    Ok(range)
 }
 
 /// Runs the subcommand; the exit code is non-zero when a seed failed.
