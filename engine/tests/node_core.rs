@@ -346,3 +346,49 @@ fn a_crashed_node_loses_no_acknowledged_write_and_its_ranges_get_new_leaders() {
         Some(b"ok".to_vec())
     );
 }
+
+#[test]
+fn the_node_reports_its_work_as_metrics() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let mut cluster = Cluster::new(8);
+        cluster.tick(40);
+        for i in 0..16u8 {
+            cluster.put(1, &[i * 16, 1], b"v");
+        }
+        assert_eq!(cluster.get(2, &[0, 1]), Some(b"v".to_vec()));
+        cluster.tick(60);
+    });
+    let values: Vec<(String, DebugValue)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| (key.key().name().to_string(), value))
+        .collect();
+    let counter = |name: &str| -> u64 {
+        values
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| match v {
+                DebugValue::Counter(c) => *c,
+                _ => 0,
+            })
+            .sum()
+    };
+    assert!(counter("flotilla_elections_won_total") >= 8);
+    assert!(counter("flotilla_proposals_total") >= 16);
+    assert!(counter("flotilla_reads_total") >= 1);
+    assert!(counter("flotilla_applied_entries_total") >= 16 * 3);
+    assert!(counter("flotilla_rounds_total") > 0);
+    assert!(counter("flotilla_liveness_beats_total") >= 3 * 2 * 100);
+    let quiesced = values
+        .iter()
+        .find(|(n, _)| n == "flotilla_quiesced_groups")
+        .map(|(_, v)| match v {
+            DebugValue::Gauge(g) => g.into_inner(),
+            _ => -1.0,
+        });
+    assert_eq!(quiesced, Some(8.0), "every group quiesced at the end");
+}

@@ -163,6 +163,8 @@ struct Replica {
     recent_request_set: BTreeSet<u64>,
     pending: BTreeMap<RequestId, Pending>,
     last_request_tick: u64,
+    /// Whether this replica leads its group, as of its last `Ready`.
+    leading: bool,
 }
 
 /// The deterministic core of a node. See the module docs.
@@ -185,6 +187,8 @@ pub struct NodeCore {
     peers: BTreeMap<NodeId, Peer>,
     /// A tick passed: the next round sends every peer its liveness beat.
     beat_due: bool,
+    /// Groups led here, kept current from each `Ready`'s soft state.
+    leaders: usize,
 }
 
 fn group_seed(node: NodeId, group: GroupId) -> u64 {
@@ -214,6 +218,7 @@ impl NodeCore {
             completions: Vec::new(),
             peers: BTreeMap::new(),
             beat_due: false,
+            leaders: 0,
         };
         for descriptor in ranges.iter().filter(|d| d.replicas.contains(&id)) {
             for &peer in descriptor.replicas.iter().filter(|&&p| p != id) {
@@ -249,6 +254,7 @@ impl NodeCore {
                 state,
                 pending: BTreeMap::new(),
                 last_request_tick: 0,
+                leading: false,
                 recent_requests: std::collections::VecDeque::new(),
                 recent_request_set: BTreeSet::new(),
             }),
@@ -294,10 +300,7 @@ impl NodeCore {
 
     /// Groups whose leader is this node.
     pub fn leader_count(&self) -> usize {
-        self.replicas
-            .values()
-            .filter(|r| r.raft.role() == Role::Leader)
-            .count()
+        self.leaders
     }
 
     /// Groups that are not quiesced.
@@ -346,6 +349,7 @@ impl NodeCore {
                     Ok(Proposed::Appended { .. } | Proposed::Forwarded { .. }) => {}
                     Err(error) => return Err(raft_error(group, error)),
                 }
+                metrics::counter!("flotilla_proposals_total").increment(1);
                 replica.pending.insert(
                     request_id,
                     Pending::Write {
@@ -364,6 +368,7 @@ impl NodeCore {
                     .raft
                     .read_index(request_id)
                     .map_err(|e| raft_error(group, e))?;
+                metrics::counter!("flotilla_reads_total").increment(1);
                 replica.pending.insert(
                     request_id,
                     Pending::Read {
@@ -484,6 +489,10 @@ impl NodeCore {
             for &peer in self.peers.keys() {
                 out.liveness(peer, self.ticks);
             }
+            metrics::counter!("flotilla_liveness_beats_total").increment(self.peers.len() as u64);
+            metrics::gauge!("flotilla_awake_groups").set(self.awake.len() as f64);
+            metrics::gauge!("flotilla_quiesced_groups")
+                .set(self.replicas.len().saturating_sub(self.awake.len()) as f64);
         }
         let mut batch = WriteBatch::new();
         let mut readies: Vec<(GroupId, Ready)> = Vec::new();
@@ -494,12 +503,22 @@ impl NodeCore {
             if !replica.raft.has_ready() {
                 continue;
             }
-            let Ok(ready) = replica.raft.ready() else {
+            let Ok(mut ready) = replica.raft.ready() else {
                 continue;
             };
+            if let Some(soft) = ready.soft_state {
+                let leading = soft.role == Role::Leader;
+                if leading && !replica.leading {
+                    self.leaders += 1;
+                    metrics::counter!("flotilla_elections_won_total").increment(1);
+                } else if !leading && replica.leading {
+                    self.leaders -= 1;
+                }
+                replica.leading = leading;
+            }
             // The leader's appends leave before its own entries are durable.
-            for message in &ready.messages {
-                out.push_message(message.to, group, message.clone());
+            for message in std::mem::take(&mut ready.messages) {
+                out.push_message(message.to, group, message);
             }
             replica.raft.storage().stage_ready(&ready, &mut batch);
             readies.push((group, ready));
@@ -508,18 +527,27 @@ impl NodeCore {
             self.wal.append(batch)?;
         }
         let handled = readies.len();
+        if handled > 0 {
+            metrics::counter!("flotilla_rounds_total").increment(1);
+            metrics::histogram!("flotilla_round_groups").record(handled as f64);
+            metrics::gauge!("flotilla_leaders").set(self.leaders as f64);
+        }
         for (group, ready) in readies {
             self.finish_ready(group, ready, out);
         }
         Ok(handled)
     }
 
-    fn finish_ready(&mut self, group: GroupId, ready: Ready, out: &mut FrameBuilder) {
+    fn finish_ready(&mut self, group: GroupId, mut ready: Ready, out: &mut FrameBuilder) {
         let Some(replica) = self.replicas.get_mut(&group) else {
             return;
         };
-        for message in &ready.persisted_messages {
-            out.push_message(message.to, group, message.clone());
+        for message in std::mem::take(&mut ready.persisted_messages) {
+            out.push_message(message.to, group, message);
+        }
+        if !ready.committed_entries.is_empty() {
+            metrics::counter!("flotilla_applied_entries_total")
+                .increment(ready.committed_entries.len() as u64);
         }
         if let Some(snapshot) = &ready.snapshot {
             replica
