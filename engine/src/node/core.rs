@@ -627,6 +627,24 @@ impl NodeCore {
         }
     }
 
+    /// Asks the leader of `group` (this node, or the leader it knows, to
+    /// which the request is forwarded) to hand leadership to `target`.
+    /// Proposals to the group are refused until the transfer completes or is
+    /// abandoned after an election timeout.
+    pub fn transfer_leader(&mut self, group: GroupId, target: NodeId) -> Result<(), NodeError> {
+        let replica = self
+            .replicas
+            .get_mut(&group)
+            .ok_or(NodeError::RangeNotFound(group))?;
+        replica
+            .raft
+            .transfer_leader(target)
+            .map_err(|e| raft_error(group, e))?;
+        self.awake.insert(group);
+        self.active.insert(group);
+        Ok(())
+    }
+
     /// The node `peer` is known to be down: every group it led wakes here
     /// and campaigns. The surviving replicas of a group are staggered by
     /// rank (position among the live replicas, which every survivor computes

@@ -120,6 +120,12 @@ pub enum Event {
         node: NodeId,
         peer: NodeId,
     },
+    Transfer {
+        node: NodeId,
+        group: GroupId,
+        target: NodeId,
+        accepted: bool,
+    },
     Calm,
     LeadersAgreed,
     Sweep {
@@ -234,6 +240,15 @@ impl fmt::Display for Event {
             Event::Suspect { node, peer } => {
                 write!(f, "node {node} wrongly declares node {peer} down")
             }
+            Event::Transfer {
+                node,
+                group,
+                target,
+                accepted,
+            } => write!(
+                f,
+                "node {node} asks to move group {group}'s leadership to node {target} (accepted: {accepted})"
+            ),
             Event::Calm => f.write_str(
                 "faults stop: heal, restart every node, no losses; liveness is required",
             ),

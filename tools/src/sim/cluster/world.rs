@@ -439,6 +439,23 @@ impl World {
                 self.event(Event::Campaign { node, group });
             }
         }
+        if self.chance(faults.campaign_per_mille) {
+            if let Some(&node) = up.choose(&mut self.rng) {
+                let group = self.rng.gen_range(1..=self.params.ranges);
+                let target = self.rng.gen_range(1..=self.params.nodes);
+                let accepted = self
+                    .core_mut(node)
+                    .expect("up")
+                    .transfer_leader(group, target)
+                    .is_ok();
+                self.event(Event::Transfer {
+                    node,
+                    group,
+                    target,
+                    accepted,
+                });
+            }
+        }
         if self.chance(faults.suspect_per_mille) {
             if let Some(&node) = up.choose(&mut self.rng) {
                 let others: Vec<NodeId> = (1..=self.params.nodes).filter(|&p| p != node).collect();
