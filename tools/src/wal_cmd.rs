@@ -4,12 +4,11 @@
 use std::fmt::Write as _;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::Instant;
 
 use flotilla::wal::inspect::{inspect, InspectReport};
 use flotilla::wal::WalError;
+
+use crate::sim::parallel::run_seeds;
 
 /// Renders what `inspect` found: segments, then groups, then (if listed)
 /// records.
@@ -97,38 +96,46 @@ pub struct WalSimSummary {
     pub seconds: f64,
 }
 
-/// Runs WAL crash-recovery seeds on `threads` threads.
+/// Runs WAL crash-recovery seeds on `threads` threads; a panic fails its
+/// seed instead of the run.
 pub fn sim_wal(seeds: Range<u64>, threads: usize) -> WalSimSummary {
-    let started = Instant::now();
-    let next = AtomicU64::new(seeds.start);
-    let passed = AtomicU64::new(0);
-    let failures = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..threads.max(1) {
-            scope.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= seeds.end {
-                    return;
-                }
-                let outcome = std::panic::catch_unwind(|| flotilla::wal::sim::run_seed(seed));
-                match outcome {
-                    Ok(Ok(_)) => {
-                        passed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Err(reason)) => failures.lock().unwrap().push((seed, reason)),
-                    Err(_) => failures
-                        .lock()
-                        .unwrap()
-                        .push((seed, "panicked (see stderr)".to_string())),
-                }
-            });
-        }
-    });
-    let mut failures = failures.into_inner().unwrap();
+    let mut passed = 0u64;
+    let mut failures = Vec::new();
+    let stats = run_seeds(
+        seeds,
+        threads,
+        |seed| {
+            let outcome = std::panic::catch_unwind(|| flotilla::wal::sim::run_seed(seed));
+            match outcome {
+                Ok(Ok(_)) => (seed, None),
+                Ok(Err(reason)) => (seed, Some(reason)),
+                Err(_) => (seed, Some("panicked (see stderr)".to_string())),
+            }
+        },
+        |(seed, failure)| match failure {
+            None => {
+                passed += 1;
+                false
+            }
+            Some(reason) => {
+                failures.push((seed, reason));
+                true
+            }
+        },
+        |progress| {
+            eprintln!(
+                "{}/{} seeds, {} failed, {:.1} seeds/s",
+                progress.done,
+                progress.total,
+                progress.failed,
+                progress.seeds_per_second()
+            )
+        },
+    );
     failures.sort();
     WalSimSummary {
-        passed: passed.into_inner(),
+        passed,
         failures,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: stats.elapsed.as_secs_f64(),
     }
 }

@@ -5,6 +5,7 @@
 //! ordered, so a failing seed replays exactly.
 
 pub mod cluster;
+pub mod parallel;
 pub mod raft;
 
 /// Parses `--seeds`: `A..B` (B excluded) or a single seed `A`.

@@ -7,30 +7,13 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{run_seed, Failure, Options, Report};
 use crate::history::HistoryWriter;
+use crate::sim::parallel::run_seeds;
 
-/// How often progress is reported.
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
-
-/// Where a run of many seeds stands.
-#[derive(Clone, Copy, Debug)]
-pub struct Progress {
-    pub done: u64,
-    pub total: u64,
-    pub failed: u64,
-    pub elapsed: Duration,
-}
-
-impl Progress {
-    pub fn seeds_per_second(&self) -> f64 {
-        self.done as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-}
+pub use crate::sim::parallel::Progress;
 
 /// The outcome of a range of seeds.
 #[derive(Debug)]
@@ -80,62 +63,41 @@ pub fn run_range(
     threads: usize,
     history_dir: Option<&Path>,
     mut on_failure: impl FnMut(&Failure),
-    mut on_progress: impl FnMut(&Progress),
+    on_progress: impl FnMut(&Progress),
 ) -> Summary {
-    let start = Instant::now();
-    let total = seeds.end.saturating_sub(seeds.start);
-    let next = AtomicU64::new(seeds.start);
-    let threads = threads.clamp(1, total.max(1) as usize);
-    type Outcome = (Option<Failure>, Option<(PathBuf, String)>);
-    let (sender, receiver) = mpsc::channel::<Outcome>();
     let mut passed = 0u64;
     let mut failures = Vec::new();
     let mut write_errors = Vec::new();
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            let sender = sender.clone();
-            let next = &next;
-            let end = seeds.end;
-            scope.spawn(move || loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= end {
-                    break;
-                }
-                let report = run_seed(seed, options);
-                let written = history_dir.and_then(|dir| write_history(dir, &report).err());
-                if sender.send((report.outcome.err(), written)).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(sender);
-        let mut last_progress = Instant::now();
-        for (failure, write_error) in receiver {
+    let stats = run_seeds(
+        seeds,
+        threads,
+        |seed| {
+            let report = run_seed(seed, options);
+            let written = history_dir.and_then(|dir| write_history(dir, &report).err());
+            (report.outcome.err(), written)
+        },
+        |(failure, write_error)| {
+            write_errors.extend(write_error);
             match failure {
-                None => passed += 1,
+                None => {
+                    passed += 1;
+                    false
+                }
                 Some(failure) => {
                     on_failure(&failure);
                     failures.push(failure);
+                    true
                 }
             }
-            write_errors.extend(write_error);
-            if last_progress.elapsed() >= PROGRESS_EVERY {
-                last_progress = Instant::now();
-                on_progress(&Progress {
-                    done: passed + failures.len() as u64,
-                    total,
-                    failed: failures.len() as u64,
-                    elapsed: start.elapsed(),
-                });
-            }
-        }
-    });
+        },
+        on_progress,
+    );
     failures.sort_by_key(|failure: &Failure| failure.seed);
     Summary {
         passed,
         failures,
         write_errors,
-        elapsed: start.elapsed(),
-        threads,
+        elapsed: stats.elapsed,
+        threads: stats.threads,
     }
 }

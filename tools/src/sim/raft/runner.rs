@@ -3,29 +3,12 @@
 //! returned sorted by seed.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{run_seed, Failure, Options};
+use crate::sim::parallel::run_seeds;
 
-/// How often progress is reported.
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
-
-/// Where a run of many seeds stands.
-#[derive(Clone, Copy, Debug)]
-pub struct Progress {
-    pub done: u64,
-    pub total: u64,
-    pub failed: u64,
-    pub elapsed: Duration,
-}
-
-impl Progress {
-    pub fn seeds_per_second(&self) -> f64 {
-        self.done as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-}
+pub use crate::sim::parallel::Progress;
 
 /// The outcome of a range of seeds.
 #[derive(Debug)]
@@ -51,57 +34,32 @@ pub fn run_range(
     options: &Options,
     threads: usize,
     mut on_failure: impl FnMut(&Failure),
-    mut on_progress: impl FnMut(&Progress),
+    on_progress: impl FnMut(&Progress),
 ) -> Summary {
-    let start = Instant::now();
-    let total = seeds.end.saturating_sub(seeds.start);
-    let next = AtomicU64::new(seeds.start);
-    let threads = threads.clamp(1, total.max(1) as usize);
-    let (sender, receiver) = mpsc::channel::<Option<Failure>>();
     let mut passed = 0u64;
     let mut failures = Vec::new();
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            let sender = sender.clone();
-            let next = &next;
-            let end = seeds.end;
-            scope.spawn(move || loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= end {
-                    break;
-                }
-                let failure = run_seed(seed, options).outcome.err();
-                if sender.send(failure).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(sender);
-        let mut last_progress = Instant::now();
-        for outcome in receiver {
-            match outcome {
-                None => passed += 1,
-                Some(failure) => {
-                    on_failure(&failure);
-                    failures.push(failure);
-                }
+    let stats = run_seeds(
+        seeds,
+        threads,
+        |seed| run_seed(seed, options).outcome.err(),
+        |outcome| match outcome {
+            None => {
+                passed += 1;
+                false
             }
-            if last_progress.elapsed() >= PROGRESS_EVERY {
-                last_progress = Instant::now();
-                on_progress(&Progress {
-                    done: passed + failures.len() as u64,
-                    total,
-                    failed: failures.len() as u64,
-                    elapsed: start.elapsed(),
-                });
+            Some(failure) => {
+                on_failure(&failure);
+                failures.push(failure);
+                true
             }
-        }
-    });
+        },
+        on_progress,
+    );
     failures.sort_by_key(|failure: &Failure| failure.seed);
     Summary {
         passed,
         failures,
-        elapsed: start.elapsed(),
-        threads,
+        elapsed: stats.elapsed,
+        threads: stats.threads,
     }
 }
