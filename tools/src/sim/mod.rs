@@ -27,3 +27,28 @@ pub fn parse_seeds(text: &str) -> Result<std::ops::Range<u64>, String> {
     }
     Ok(range)
 }
+
+/// How every simulator prints a failed seed: the violated property, the
+/// events that led to it, and the command that replays it.
+pub fn write_failure(
+    f: &mut std::fmt::Formatter<'_>,
+    seed: u64,
+    tick: u64,
+    property: &dyn std::fmt::Display,
+    detail: &str,
+    recent_events: &[String],
+    simulator: &str,
+) -> std::fmt::Result {
+    writeln!(
+        f,
+        "seed {seed} FAILED at tick {tick}: {property} violated: {detail}"
+    )?;
+    writeln!(f, "  last {} events:", recent_events.len())?;
+    for event in recent_events {
+        writeln!(f, "    {event}")?;
+    }
+    write!(
+        f,
+        "  replay: flotilla sim {simulator} --seeds {seed} --verbose"
+    )
+}

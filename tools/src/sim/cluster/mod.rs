@@ -197,19 +197,14 @@ pub struct Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
+        crate::sim::write_failure(
             f,
-            "seed {} FAILED at tick {}: {} violated: {}",
-            self.seed, self.tick, self.property, self.detail
-        )?;
-        writeln!(f, "  last {} events:", self.recent_events.len())?;
-        for event in &self.recent_events {
-            writeln!(f, "    {event}")?;
-        }
-        write!(
-            f,
-            "  replay: flotilla sim cluster --seeds {} --verbose",
-            self.seed
+            self.seed,
+            self.tick,
+            &self.property,
+            &self.detail,
+            &self.recent_events,
+            "cluster",
         )
     }
 }
