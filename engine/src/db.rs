@@ -7,7 +7,9 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use tokio::sync::oneshot;
 
-use crate::node::{NodeError, RangeDescriptor, Request, Response};
+use flotilla_transport::{GroupId, NodeId};
+
+use crate::node::{NodeError, RangeDescriptor, ReplicaChange, Request, Response};
 use crate::range::{Command, CommandResult, KeyValue, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::runtime::Submission;
 use crate::wal::WalError;
@@ -24,6 +26,10 @@ pub enum Error {
     /// effect.
     #[error("timed out; the outcome is unknown")]
     Timeout,
+    /// The operation (a membership change) must be asked of the range's
+    /// leader; `leader` is the node this one believes leads, if any.
+    #[error("not the leader of the range (leader: {leader:?}); ask the leader")]
+    NotLeader { leader: Option<NodeId> },
     /// The keys fall in a range this node does not know, or span ranges.
     #[error("range mismatch: {0}")]
     RangeMismatch(String),
@@ -63,6 +69,9 @@ impl Error {
             }
             NodeError::InvalidArgument(reason) => Error::InvalidArgument(reason),
             NodeError::Aborted(_) => Error::Shutdown,
+            NodeError::NotLeader { leader, .. } => Error::NotLeader { leader },
+            NodeError::Corruption(reason) => Error::Corruption(reason),
+            NodeError::Io(reason) => Error::Io(reason),
         }
     }
 }
@@ -74,9 +83,12 @@ const UNAVAILABLE_BACKOFF: Duration = Duration::from_millis(10);
 /// The longest a caller waits for the node to answer one attempt.
 const ANSWER_WAIT_MAX: Duration = Duration::from_secs(30);
 
-/// A cloneable handle for reads and writes. Reads are linearizable
-/// (ReadIndex). Requests may go to any node: followers forward to the
-/// leader.
+/// A cloneable handle for reads and writes. Reads are linearizable: by
+/// default through ReadIndex (one heartbeat round confirms the leader), or,
+/// when the node runs with `ReadMode::Lease` (which needs check-quorum), from
+/// the leader's lease without a round. `get_stale`/`scan_stale` read this
+/// node's replica as it is, without asking the leader. Requests may go to
+/// any node: followers forward to the leader.
 #[derive(Clone, Debug)]
 pub struct Db {
     submit: Sender<Submission>,
@@ -117,6 +129,10 @@ impl Db {
 
     async fn call(&self, key: &[u8], request: Request) -> Result<Response, Error> {
         let group = self.range_of(key)?.group;
+        self.call_group(group, request).await
+    }
+
+    async fn call_group(&self, group: GroupId, request: Request) -> Result<Response, Error> {
         let deadline = tokio::time::Instant::now() + UNAVAILABLE_RETRY_FOR;
         loop {
             let (reply, response) = oneshot::channel();
@@ -132,7 +148,13 @@ impl Db {
                     Error::Unavailable("the node's request queue is full".into())
                 }
             })?;
-            let is_read = !matches!(request, Request::Write(_));
+            let is_read = matches!(
+                request,
+                Request::Get { .. }
+                    | Request::Scan { .. }
+                    | Request::StaleGet { .. }
+                    | Request::StaleScan { .. }
+            );
             // The node answers every request (with a timeout of its own);
             // this bound only guards against a node that vanished between
             // taking a request and answering it.
@@ -265,6 +287,80 @@ impl Db {
         }
     }
 
+    /// The value of `key` in this node's replica, without asking the
+    /// leader: fast and available without a quorum, but possibly stale (it
+    /// is always a value that was committed at some point).
+    pub async fn get_stale(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        check_key(key)?;
+        match self
+            .call(key, Request::StaleGet { key: key.to_vec() })
+            .await?
+        {
+            Response::Value(value) => Ok(value),
+            other => Err(Error::Io(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    /// [`Db::scan`] over this node's replica, possibly stale; see
+    /// [`Db::get_stale`].
+    pub async fn scan_stale(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, Error> {
+        check_key(start)?;
+        if end.is_some_and(|end| end < start) {
+            return Err(Error::InvalidArgument(format!(
+                "scan end {end:?} is before its start {start:?}"
+            )));
+        }
+        let request = Request::StaleScan {
+            start: start.to_vec(),
+            end: end.map(<[u8]>::to_vec),
+            limit,
+        };
+        match self.call(start, request).await? {
+            Response::Rows(rows) => Ok(rows),
+            other => Err(Error::Io(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    /// The ranges this handle routes by (the bootstrap layout).
+    pub fn ranges(&self) -> &[RangeDescriptor] {
+        &self.ranges
+    }
+
+    async fn admin(&self, group: GroupId, request: Request) -> Result<(), Error> {
+        match self.call_group(group, request).await? {
+            Response::Done => Ok(()),
+            other => Err(Error::Io(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    /// Adds a replica of range `group` on `node`: as a learner, which
+    /// catches up (by snapshot if need be), then as a voter. Must be asked
+    /// of the range's leader (else [`Error::NotLeader`]); returns once
+    /// `node` is a voter.
+    pub async fn add_replica(&self, group: GroupId, node: NodeId) -> Result<(), Error> {
+        self.admin(group, Request::ChangeReplicas(ReplicaChange::Add(node)))
+            .await
+    }
+
+    /// Removes `node`'s replica of range `group` (the leader's own
+    /// included: it hands leadership off first). Must be asked of the
+    /// range's leader; returns once the configuration no longer has `node`.
+    pub async fn remove_replica(&self, group: GroupId, node: NodeId) -> Result<(), Error> {
+        self.admin(group, Request::ChangeReplicas(ReplicaChange::Remove(node)))
+            .await
+    }
+
+    /// Makes `target` (a voter) the leader of range `group`; returns once
+    /// this node sees it lead. Writes to the range wait meanwhile.
+    pub async fn transfer_leader(&self, group: GroupId, target: NodeId) -> Result<(), Error> {
+        self.admin(group, Request::TransferLeader { target }).await
+    }
+
     /// A blocking facade over this handle.
     pub fn blocking(&self) -> BlockingDb {
         BlockingDb { db: self.clone() }
@@ -325,5 +421,17 @@ impl BlockingDb {
     }
     pub fn batch(&self, commands: Vec<Command>) -> Result<CommandResult, Error> {
         block_on(self.db.batch(commands))
+    }
+    pub fn get_stale(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        block_on(self.db.get_stale(key))
+    }
+    pub fn add_replica(&self, group: GroupId, node: NodeId) -> Result<(), Error> {
+        block_on(self.db.add_replica(group, node))
+    }
+    pub fn remove_replica(&self, group: GroupId, node: NodeId) -> Result<(), Error> {
+        block_on(self.db.remove_replica(group, node))
+    }
+    pub fn transfer_leader(&self, group: GroupId, target: NodeId) -> Result<(), Error> {
+        block_on(self.db.transfer_leader(group, target))
     }
 }

@@ -21,6 +21,7 @@ use flotilla_transport::{Frame, FrameBuilder, GroupId, NodeId, Transport};
 use tokio::sync::oneshot;
 
 use crate::db::{Db, Error};
+use crate::node::snapshots::DirSnapshotStore;
 use crate::node::{NodeConfig, NodeCore, NodeError, RangeDescriptor, Request, RequestId, Response};
 use crate::range::KeySpan;
 use crate::wal::{Wal, WalConfig};
@@ -74,7 +75,7 @@ impl Bootstrap {
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
     pub id: NodeId,
-    /// Holds the WAL (`DIR/wal`).
+    /// Holds the WAL (`DIR/wal`) and the ranges' snapshots (`DIR/snap`).
     pub data_dir: PathBuf,
     pub bootstrap: Bootstrap,
     /// Real time per Raft tick.
@@ -168,8 +169,15 @@ impl Node {
         let mut node_config = options.node.clone();
         node_config.raft.id = options.id;
         node_config.incarnation = next_incarnation(&options.data_dir)?;
-        let core =
-            NodeCore::open(options.id, wal, node_config, &ranges).map_err(Error::from_node)?;
+        let snapshot_dir = options.data_dir.join("snap");
+        let snapshots = Arc::new(DirSnapshotStore::open(&snapshot_dir).map_err(|e| {
+            Error::Io(format!(
+                "opening snapshots in {}: {e}",
+                snapshot_dir.display()
+            ))
+        })?);
+        let core = NodeCore::open(options.id, wal, snapshots, node_config, &ranges)
+            .map_err(Error::from_node)?;
         let (submit, submissions) = crossbeam_channel::bounded(65_536);
         let (stop, stopped) = crossbeam_channel::bounded(1);
         let stats = Arc::new(parking_lot::Mutex::new(NodeStats::default()));
@@ -276,10 +284,12 @@ impl Worker {
                 }
             }
             if let Err(error) = self.run_rounds() {
-                // The WAL failed (IO error, full disk): nothing more can be
-                // made durable. Fail everything waiting and stop.
+                // The WAL or the snapshot store failed (IO error, full
+                // disk): nothing more can be made durable. Fail everything
+                // waiting and stop.
                 for (_, reply) in std::mem::take(&mut self.waiting) {
-                    let _ = reply.send(Err(NodeError::Aborted(format!("WAL failure: {error}"))));
+                    let _ =
+                        reply.send(Err(NodeError::Aborted(format!("storage failure: {error}"))));
                 }
                 break;
             }
@@ -314,7 +324,7 @@ impl Worker {
         }
     }
 
-    fn run_rounds(&mut self) -> Result<(), crate::wal::WalError> {
+    fn run_rounds(&mut self) -> Result<(), crate::node::RoundError> {
         loop {
             let mut out = FrameBuilder::new(self.core.id());
             let handled = self.core.round(&mut out)?;

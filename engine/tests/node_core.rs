@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use flotilla::node::snapshots::DirSnapshotStore;
 use flotilla::node::{NodeConfig, NodeCore, NodeError, RangeDescriptor, Request, Response};
 use flotilla::range::{Command, CommandResult, KeySpan};
 use flotilla::wal::{Wal, WalConfig};
@@ -61,7 +62,8 @@ fn open(dir: &std::path::Path, id: u64, ranges: &[RangeDescriptor]) -> NodeCore 
         )
         .unwrap(),
     );
-    NodeCore::open(id, wal, NodeConfig::default(), ranges).unwrap()
+    let snapshots = Arc::new(DirSnapshotStore::open(dir.join("snap")).unwrap());
+    NodeCore::open(id, wal, snapshots, NodeConfig::default(), ranges).unwrap()
 }
 
 impl Cluster {

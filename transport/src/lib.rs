@@ -70,6 +70,19 @@ pub struct Heartbeat {
     pub acks: Vec<GroupBeatAck>,
 }
 
+/// One chunk of a range snapshot a leader streams to a replica that needs
+/// it. The chunk bytes are self-describing and checksummed (the engine's
+/// snapshot chunk format: snapshot index and term, sequence number, crc);
+/// `term` is the sending leader's term, which the receiver hands to Raft
+/// with the assembled snapshot.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct SnapshotChunk {
+    pub group: GroupId,
+    pub term: u64,
+    pub chunk: Vec<u8>,
+}
+
 /// Everything one node sends another in one round.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
@@ -80,6 +93,9 @@ pub struct Frame {
     pub heartbeat: Option<Heartbeat>,
     /// Opaque to the transport: forwarded requests and replies.
     pub payloads: Vec<Vec<u8>>,
+    /// Snapshot chunks, in sending order (a transfer spans several rounds,
+    /// a bounded number of chunks per round).
+    pub snapshot_chunks: Vec<SnapshotChunk>,
 }
 
 impl Frame {
@@ -91,12 +107,16 @@ impl Frame {
             messages: Vec::new(),
             heartbeat: None,
             payloads: Vec::new(),
+            snapshot_chunks: Vec::new(),
         }
     }
 
     /// Whether the frame carries nothing.
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty() && self.heartbeat.is_none() && self.payloads.is_empty()
+        self.messages.is_empty()
+            && self.heartbeat.is_none()
+            && self.payloads.is_empty()
+            && self.snapshot_chunks.is_empty()
     }
 
     /// The Raft messages the frame carries, with coalesced heartbeats and
@@ -243,6 +263,11 @@ impl FrameBuilder {
     /// Adds an opaque payload for node `to`.
     pub fn push_payload(&mut self, to: NodeId, payload: Vec<u8>) {
         self.frame(to).payloads.push(payload);
+    }
+
+    /// Adds a snapshot chunk for node `to`.
+    pub fn push_snapshot_chunk(&mut self, to: NodeId, chunk: SnapshotChunk) {
+        self.frame(to).snapshot_chunks.push(chunk);
     }
 
     /// The frames, one per destination.

@@ -19,7 +19,9 @@
 //! wake here and campaign.
 
 mod core;
+pub mod snapshots;
 
 pub use self::core::{
-    NodeConfig, NodeCore, NodeError, RangeDescriptor, Request, RequestId, Response,
+    NodeConfig, NodeCore, NodeError, RangeDescriptor, ReplicaChange, Request, RequestId, Response,
+    RoundError, BOOTSTRAP_INDEX,
 };

@@ -142,6 +142,17 @@ fn run_parallel(args: &ClusterArgs, options: &Options) -> (u64, u64, u64) {
     for (path, error) in &summary.write_errors {
         eprintln!("cannot write {}: {error}", path.display());
     }
+    let totals = &summary.totals;
+    println!(
+        "passing seeds did {} client ops, {} crashes, {} partitions, {} snapshot chunks, \
+         {} membership changes ({} completed)",
+        totals.ops,
+        totals.crashes,
+        totals.partitions,
+        totals.snapshot_chunks,
+        totals.membership_changes,
+        totals.membership_changes_done
+    );
     println!(
         "{:.1} seeds/s ({:.1} s on {} threads)",
         summary.seeds_per_second(),

@@ -183,6 +183,24 @@ pub struct Stats {
     pub abandoned: u64,
     pub calm_ticks: u64,
     pub keys_checked: u64,
+    /// Snapshot chunks sent (snapshot transfers to lagging or new replicas).
+    pub snapshot_chunks: u64,
+    /// Membership changes asked for, and those that completed.
+    pub membership_changes: u64,
+    pub membership_changes_done: u64,
+}
+
+impl Stats {
+    /// Adds the counters of another run (for totals over many seeds).
+    pub fn absorb(&mut self, other: &Stats) {
+        self.ticks += other.ticks;
+        self.ops += other.ops;
+        self.crashes += other.crashes;
+        self.partitions += other.partitions;
+        self.snapshot_chunks += other.snapshot_chunks;
+        self.membership_changes += other.membership_changes;
+        self.membership_changes_done += other.membership_changes_done;
+    }
 }
 
 /// A run that failed: which property, where, and what led to it.

@@ -70,6 +70,13 @@ pub struct Params {
     pub quiesce_after_idle_ticks: u64,
     pub peer_down_after_ticks: u64,
     pub wal_cache_bytes_max: usize,
+    /// Entries applied between a replica's snapshots: small values make
+    /// snapshots, compaction and snapshot transfers routine.
+    pub snapshot_after_entries: u64,
+    /// Small chunks make a snapshot transfer span many frames and rounds.
+    pub snapshot_chunk_bytes: usize,
+    pub snapshot_chunks_per_round: usize,
+    pub wal_maintenance_every_ticks: u64,
     pub net: NetParams,
     pub faults: FaultParams,
 }
@@ -108,6 +115,10 @@ impl Params {
             quiesce_after_idle_ticks: rng.gen_range(5..=30),
             peer_down_after_ticks: rng.gen_range(6..=15),
             wal_cache_bytes_max: pick(rng, &[4 << 10, 64 << 10, 16 << 20]),
+            snapshot_after_entries: pick(rng, &[4, 16, 64, 100_000]),
+            snapshot_chunk_bytes: pick(rng, &[64, 512, 64 << 10]),
+            snapshot_chunks_per_round: rng.gen_range(1..=4),
+            wal_maintenance_every_ticks: pick(rng, &[3, 10, 50]),
             net: NetParams {
                 drop_per_mille: pick(rng, &[0, 10, 50, 150]),
                 duplicate_per_mille: pick(rng, &[0, 0, 10, 50]),
@@ -147,6 +158,12 @@ impl Params {
             quiesce_after_idle_ticks: self.quiesce_after_idle_ticks,
             peer_down_after_ticks: self.peer_down_after_ticks,
             incarnation: 0,
+            snapshot_after_entries: self.snapshot_after_entries,
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes,
+            snapshot_chunks_per_round: self.snapshot_chunks_per_round,
+            wal_maintenance_every_ticks: self.wal_maintenance_every_ticks,
+            wal_segments_target: 2,
+            admin_timeout_ticks: 4 * self.request_timeout_ticks,
         }
     }
 
@@ -169,7 +186,8 @@ impl Params {
             "nodes={} ranges={} keys/range={} hot={} clients={} think<={} election={} \
              heartbeat={} pre_vote={} check_quorum={} read={:?} msg_bytes={} inflight={} \
              uncommitted={}B ready_bytes={} timeout={} quiesce={} peer_down={} \
-             wal_cache={}B net={:?} faults={:?}",
+             wal_cache={}B snapshot_after={} chunk={}B chunks/round={} wal_maintenance={} \
+             net={:?} faults={:?}",
             self.nodes,
             self.ranges,
             self.keys_per_range,
@@ -189,6 +207,10 @@ impl Params {
             self.quiesce_after_idle_ticks,
             self.peer_down_after_ticks,
             self.wal_cache_bytes_max,
+            self.snapshot_after_entries,
+            self.snapshot_chunk_bytes,
+            self.snapshot_chunks_per_round,
+            self.wal_maintenance_every_ticks,
             self.net,
             self.faults
         )

@@ -25,6 +25,8 @@ pub struct Summary {
     pub write_errors: Vec<(PathBuf, String)>,
     pub elapsed: Duration,
     pub threads: usize,
+    /// Counters summed over the passing seeds.
+    pub totals: super::Stats,
 }
 
 impl Summary {
@@ -66,6 +68,7 @@ pub fn run_range(
     on_progress: impl FnMut(&Progress),
 ) -> Summary {
     let mut passed = 0u64;
+    let mut totals = super::Stats::default();
     let mut failures = Vec::new();
     let mut write_errors = Vec::new();
     let stats = run_seeds(
@@ -74,16 +77,17 @@ pub fn run_range(
         |seed| {
             let report = run_seed(seed, options);
             let written = history_dir.and_then(|dir| write_history(dir, &report).err());
-            (report.outcome.err(), written)
+            (report.outcome, written)
         },
-        |(failure, write_error)| {
+        |(outcome, write_error)| {
             write_errors.extend(write_error);
-            match failure {
-                None => {
+            match outcome {
+                Ok(stats) => {
                     passed += 1;
+                    totals.absorb(&stats);
                     false
                 }
-                Some(failure) => {
+                Err(failure) => {
                     on_failure(&failure);
                     failures.push(failure);
                     true
@@ -99,5 +103,6 @@ pub fn run_range(
         write_errors,
         elapsed: stats.elapsed,
         threads: stats.threads,
+        totals,
     }
 }

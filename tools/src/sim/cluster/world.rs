@@ -13,10 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use flotilla::node::snapshots::{MemSnapshotStore, SnapshotStore};
+use flotilla::node::RoundError;
 use flotilla::node::{NodeConfig, NodeCore, RangeDescriptor, RequestId, Response};
 use flotilla::range::KeySpan;
 use flotilla::wal::sim_fs::SimFs;
-use flotilla::wal::{Wal, WalConfig, WalError};
+use flotilla::wal::{Wal, WalConfig};
 use flotilla_transport::{Frame, FrameBuilder, GroupId, NodeId};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -69,6 +71,8 @@ fn violation<T>(property: Property, detail: impl Into<String>) -> Checked<T> {
 #[derive(Debug)]
 struct Slot {
     fs: SimFs,
+    /// Snapshots are durable once saved, so the store outlives crashes.
+    snapshots: Arc<MemSnapshotStore>,
     core: Option<NodeCore>,
     incarnation: u64,
     restart_tick: u64,
@@ -243,6 +247,7 @@ impl World {
                 id,
                 Slot {
                     fs,
+                    snapshots: Arc::new(MemSnapshotStore::new()),
                     core: None,
                     incarnation: 0,
                     restart_tick: 0,
@@ -332,7 +337,8 @@ impl World {
             incarnation: slot.incarnation + 1,
             ..self.node_config.clone()
         };
-        let core = match NodeCore::open(id, Arc::new(wal), config, &self.ranges) {
+        let snapshots: Arc<dyn SnapshotStore> = slot.snapshots.clone();
+        let core = match NodeCore::open(id, Arc::new(wal), snapshots, config, &self.ranges) {
             Ok(core) => core,
             Err(error) => {
                 return violation(
@@ -948,7 +954,7 @@ impl World {
         Ok(())
     }
 
-    fn round_failed(&mut self, id: NodeId, error: WalError) -> Checked {
+    fn round_failed(&mut self, id: NodeId, error: RoundError) -> Checked {
         let slot = &self.slots[&id];
         if slot.fs.is_powered_off() {
             self.stats.power_cuts += 1;
@@ -967,6 +973,7 @@ impl World {
         let messages = frame.messages.len();
         let beats = frame.heartbeat.as_ref().map_or(0, |h| h.groups.len());
         self.stats.frames_sent += 1;
+        self.stats.snapshot_chunks += frame.snapshot_chunks.len() as u64;
         match self.net.send(&mut self.rng, self.step, frame) {
             SendFate::Lost => {
                 self.stats.frames_lost += 1;
