@@ -64,7 +64,8 @@ impl ReplicaMeta {
 /// A node's snapshots and tombstones. See the module docs.
 pub trait SnapshotStore: Send + Sync + Debug {
     /// Stores `state` (at its applied index) with `meta`, durably, and drops
-    /// the group's older snapshots.
+    /// the group's older snapshots. A tombstone of the group is cleared
+    /// first: the replica was added back.
     fn save(&self, group: GroupId, state: &RangeState, meta: &[u8]) -> Result<(), SnapshotError>;
     /// The group's newest snapshot that verifies, if it has any.
     fn load_latest(&self, group: GroupId) -> Result<Option<LoadedSnapshot>, SnapshotError>;
@@ -111,6 +112,10 @@ impl DirSnapshotStore {
         self.root.join(format!("{group:020}"))
     }
 
+    fn tombstone_path(&self, group: GroupId) -> PathBuf {
+        self.root.join(format!("{group:020}{TOMBSTONE_SUFFIX}"))
+    }
+
     fn sync_root(&self) -> Result<(), SnapshotError> {
         std::fs::File::open(&self.root)
             .and_then(|d| d.sync_all())
@@ -120,6 +125,15 @@ impl DirSnapshotStore {
 
 impl SnapshotStore for DirSnapshotStore {
     fn save(&self, group: GroupId, state: &RangeState, meta: &[u8]) -> Result<(), SnapshotError> {
+        // The tombstone goes before the snapshot is written: a crash between
+        // leaves neither (the replica then waits for a snapshot again), never
+        // both, so a tombstone beside a snapshot always means an interrupted
+        // removal.
+        let tombstone = self.tombstone_path(group);
+        if tombstone.exists() {
+            std::fs::remove_file(&tombstone).map_err(io_error(&tombstone))?;
+            self.sync_root()?;
+        }
         let dir = self.group_dir(group);
         if !dir.exists() {
             std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
@@ -160,7 +174,7 @@ impl SnapshotStore for DirSnapshotStore {
     fn remove(&self, group: GroupId, term: u64) -> Result<(), SnapshotError> {
         // The tombstone first: a crash after it and before the deletion
         // leaves a removed group with stale files, which opening skips.
-        let path = self.root.join(format!("{group:020}{TOMBSTONE_SUFFIX}"));
+        let path = self.tombstone_path(group);
         let temp = self.root.join(format!("{group:020}{TOMBSTONE_SUFFIX}.tmp"));
         let mut file = std::fs::File::create(&temp).map_err(io_error(&temp))?;
         file.write_all(term.to_string().as_bytes())
@@ -228,7 +242,9 @@ impl SnapshotStore for MemSnapshotStore {
     fn save(&self, group: GroupId, state: &RangeState, meta: &[u8]) -> Result<(), SnapshotError> {
         let chunks: Vec<Vec<u8>> =
             SnapshotChunks::new(state, meta, MEM_STORE_CHUNK_BYTES)?.collect();
-        self.inner.lock().snapshots.insert(group, chunks);
+        let mut inner = self.inner.lock();
+        inner.tombstones.remove(&group);
+        inner.snapshots.insert(group, chunks);
         Ok(())
     }
 
@@ -302,6 +318,10 @@ mod tests {
         assert!(store.load_latest(7).unwrap().is_none());
         assert!(store.groups().unwrap().is_empty());
         assert_eq!(store.tombstones().unwrap(), BTreeMap::from([(7, 9)]));
+        // Added back: its first snapshot clears the tombstone.
+        store.save(7, &state_with(2), &meta.encode()).unwrap();
+        assert!(store.tombstones().unwrap().is_empty());
+        assert_eq!(store.load_latest(7).unwrap().unwrap().state, state_with(2));
     }
 
     #[test]

@@ -435,10 +435,14 @@ impl NodeCore {
         };
         for (group, source) in sources {
             if core.tombstones.contains_key(&group) {
-                // Removed here: whatever the WAL still has of it goes with
-                // the first round's batch.
+                // Removed here: whatever the WAL still has of it goes now,
+                // before a message could recreate the replica over it.
                 if core.wal.groups().contains(&group) {
-                    core.staged.remove_group(group);
+                    let mut removal = WriteBatch::new();
+                    removal.remove_group(group);
+                    core.wal
+                        .append(removal)
+                        .map_err(|e| NodeError::Io(format!("removing group {group}: {e}")))?;
                 }
                 continue;
             }
@@ -908,7 +912,6 @@ impl NodeCore {
         for group in asleep {
             self.awake.remove(&group);
         }
-        self.destroy_removed_replicas();
     }
 
     fn detect_down_peers(&mut self) {
@@ -945,6 +948,9 @@ impl NodeCore {
                 .set(self.replicas.len().saturating_sub(self.awake.len()) as f64);
         }
         let mut batch = std::mem::take(&mut self.staged);
+        if !self.removing.is_empty() {
+            self.destroy_removed_replicas(&mut batch);
+        }
         if std::mem::take(&mut self.maintenance_due) {
             self.maintain_wal()?;
         }
@@ -1170,8 +1176,9 @@ impl NodeCore {
 
     /// Destroys the replicas whose removal was applied long enough ago: the
     /// tombstone first (so nothing recreates them from stale messages), then
-    /// their snapshots, then — with the next batch — their WAL state.
-    fn destroy_removed_replicas(&mut self) {
+    /// their snapshots, then — with this round's `batch`, before any message
+    /// could recreate them — their WAL state.
+    fn destroy_removed_replicas(&mut self, batch: &mut WriteBatch) {
         let linger = 2 * self.config.raft.election_ticks;
         let ticks = self.ticks;
         let due: Vec<GroupId> = self
@@ -1210,16 +1217,21 @@ impl NodeCore {
             if replica.leading {
                 self.leaders -= 1;
             }
-            for (id, _) in replica.pending {
-                self.completions
-                    .push((id, Err(NodeError::RangeNotFound(group))));
+            for (id, pending) in replica.pending {
+                // A write may have been proposed and may yet commit on the
+                // remaining replicas: its outcome is unknown.
+                let error = match pending {
+                    Pending::Write { .. } => NodeError::Timeout,
+                    _ => NodeError::RangeNotFound(group),
+                };
+                self.completions.push((id, Err(error)));
             }
             self.tombstones.insert(group, term);
             self.awake.remove(&group);
             self.active.remove(&group);
             self.incoming.remove(&group);
             self.snapshots_due.remove(&group);
-            self.staged.remove_group(group);
+            batch.remove_group(group);
             metrics::counter!("flotilla_replicas_removed_total").increment(1);
         }
     }

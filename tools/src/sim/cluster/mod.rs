@@ -103,6 +103,11 @@ pub struct Options {
     /// answered nor timed out in time, instead of failing the seed. Off by
     /// default; it lets a run look past that known defect for others.
     pub client_deadline: bool,
+    /// Inject membership changes (add and remove replicas). Off by default:
+    /// a replica removed while it was cut off never learns of its removal
+    /// (there is no replica garbage collection yet), keeps campaigning, and
+    /// fails the liveness check. Safety (linearizability) holds with it on.
+    pub membership: bool,
     pub planted_bug: Option<PlantedBug>,
 }
 
@@ -114,6 +119,7 @@ impl Default for Options {
             keep_trace: false,
             replay_check: false,
             client_deadline: false,
+            membership: false,
             planted_bug: None,
         }
     }

@@ -42,6 +42,9 @@ pub struct FaultParams {
     /// A node wrongly declares a live peer down (a failure detector's false
     /// suspicion), so the groups that peer leads campaign here.
     pub suspect_per_mille: u32,
+    /// A group's leader is asked to add a replica on another node or to
+    /// remove one (perhaps itself).
+    pub membership_per_mille: u32,
 }
 
 /// Everything a seed decides before the run starts.
@@ -135,6 +138,7 @@ impl Params {
                 partition_ticks_max: rng.gen_range(5..=60),
                 campaign_per_mille: pick(rng, &[0, 10, 40]),
                 suspect_per_mille: pick(rng, &[0, 5, 20]),
+                membership_per_mille: pick(rng, &[0, 10, 30, 60]),
             },
         }
     }

@@ -126,6 +126,17 @@ pub enum Event {
         target: NodeId,
         accepted: bool,
     },
+    Membership {
+        node: NodeId,
+        group: GroupId,
+        change: String,
+        request: u64,
+    },
+    MembershipDone {
+        node: NodeId,
+        request: u64,
+        result: String,
+    },
     Calm,
     LeadersAgreed,
     Sweep {
@@ -249,6 +260,21 @@ impl fmt::Display for Event {
                 f,
                 "node {node} asks to move group {group}'s leadership to node {target} (accepted: {accepted})"
             ),
+            Event::Membership {
+                node,
+                group,
+                change,
+                request,
+            } => write!(
+                f,
+                "node {node} (leader) is asked to change group {group}'s replicas: {change} \
+                 (request {request:#x})"
+            ),
+            Event::MembershipDone {
+                node,
+                request,
+                result,
+            } => write!(f, "node {node}: membership request {request:#x} -> {result}"),
             Event::Calm => f.write_str(
                 "faults stop: heal, restart every node, no losses; liveness is required",
             ),

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use flotilla::node::snapshots::{MemSnapshotStore, SnapshotStore};
-use flotilla::node::RoundError;
 use flotilla::node::{NodeConfig, NodeCore, RangeDescriptor, RequestId, Response};
+use flotilla::node::{ReplicaChange, Request, RoundError};
 use flotilla::range::KeySpan;
 use flotilla::wal::sim_fs::SimFs;
 use flotilla::wal::{Wal, WalConfig};
@@ -102,6 +102,7 @@ pub struct World {
     pub params: Params,
     planted: Option<PlantedBug>,
     client_deadline: bool,
+    membership: bool,
     calm_tick: u64,
     rng: ChaCha8Rng,
     pub tick: u64,
@@ -118,6 +119,8 @@ pub struct World {
     clients: Vec<Client>,
     /// Which client waits for which request at which node.
     waiting: BTreeMap<(NodeId, RequestId), usize>,
+    /// Membership changes in flight, by node and request.
+    admin_waiting: BTreeSet<(NodeId, RequestId)>,
     /// Requests whose outcome a planted bug already recorded.
     orphans: BTreeSet<(NodeId, RequestId)>,
     /// The last value each node returned or accepted per key (the planted
@@ -140,8 +143,10 @@ fn message_infos(frame: &Frame) -> Vec<MsgInfo> {
         .collect()
 }
 
-/// Even splits of the key space by the first key byte.
-fn range_descriptors(count: u64, replicas: &[NodeId]) -> Vec<RangeDescriptor> {
+/// Even splits of the key space by the first key byte. With more than three
+/// nodes each range starts on three of them (rotating), so that adding a
+/// replica has somewhere to go.
+fn range_descriptors(count: u64, nodes: &[NodeId]) -> Vec<RangeDescriptor> {
     (0..count)
         .map(|i| {
             let bound = |i: u64| {
@@ -151,11 +156,18 @@ fn range_descriptors(count: u64, replicas: &[NodeId]) -> Vec<RangeDescriptor> {
                     vec![(i * 256 / count) as u8]
                 }
             };
+            let replicas = if nodes.len() <= 3 {
+                nodes.to_vec()
+            } else {
+                (0..3)
+                    .map(|k| nodes[(i as usize + k) % nodes.len()])
+                    .collect()
+            };
             RangeDescriptor {
                 group: i + 1,
                 span: KeySpan::new(bound(i), bound(i + 1))
                     .expect("even splits are ordered and non-empty"),
-                replicas: replicas.to_vec(),
+                replicas,
                 generation: 1,
             }
         })
@@ -205,6 +217,7 @@ impl World {
             net: Network::new(params.net),
             planted: options.planted_bug,
             client_deadline: options.client_deadline,
+            membership: options.membership,
             calm_tick: (options.ticks * 7 / 10).max(1),
             rng,
             tick: 0,
@@ -217,6 +230,7 @@ impl World {
             partition: None,
             clients,
             waiting: BTreeMap::new(),
+            admin_waiting: BTreeSet::new(),
             orphans: BTreeSet::new(),
             node_caches: BTreeMap::new(),
             last_seen: BTreeMap::new(),
@@ -378,6 +392,7 @@ impl World {
             .map(|(&key, _)| key)
             .collect();
         self.orphans.retain(|(node, _)| *node != id);
+        self.admin_waiting.retain(|(node, _)| *node != id);
         self.node_caches.remove(&id);
         let up = self.up_ids();
         for key in &lost {
@@ -462,6 +477,9 @@ impl World {
                 });
             }
         }
+        if self.membership && self.chance(faults.membership_per_mille) {
+            self.change_membership();
+        }
         if self.chance(faults.suspect_per_mille) {
             if let Some(&node) = up.choose(&mut self.rng) {
                 let others: Vec<NodeId> = (1..=self.params.nodes).filter(|&p| p != node).collect();
@@ -470,6 +488,64 @@ impl World {
                 self.event(Event::Suspect { node, peer });
             }
         }
+    }
+
+    /// Asks a group's leader to add a replica on a node that has none, or
+    /// to remove one, keeping between two and four members.
+    fn change_membership(&mut self) {
+        let group = self.rng.gen_range(1..=self.params.ranges);
+        let leader = self.up_ids().into_iter().find(|&id| {
+            self.slots[&id]
+                .core
+                .as_ref()
+                .is_some_and(|core| core.leader(group) == Some(id))
+        });
+        let Some(leader) = leader else {
+            return;
+        };
+        let core = self.core_mut(leader).expect("up");
+        let Some(conf) = core.conf_state(group).cloned() else {
+            return;
+        };
+        let members: BTreeSet<NodeId> = conf
+            .voters
+            .iter()
+            .chain(&conf.voters_outgoing)
+            .chain(&conf.learners)
+            .copied()
+            .collect();
+        let outsiders: Vec<NodeId> = (1..=self.params.nodes)
+            .filter(|n| !members.contains(n))
+            .collect();
+        let add = !outsiders.is_empty()
+            && (members.len() <= 2 || (members.len() < 4 && self.rng.gen_bool(0.5)));
+        let change = if add {
+            ReplicaChange::Add(*outsiders.choose(&mut self.rng).expect("not empty"))
+        } else if members.len() > 2 {
+            let members: Vec<NodeId> = members.into_iter().collect();
+            ReplicaChange::Remove(*members.choose(&mut self.rng).expect("not empty"))
+        } else {
+            return;
+        };
+        let core = self.core_mut(leader).expect("up");
+        let request = core.submit(group, Request::ChangeReplicas(change));
+        self.admin_waiting.insert((leader, request));
+        self.stats.membership_changes += 1;
+        self.event(Event::Membership {
+            node: leader,
+            group,
+            change: format!("{change:?}"),
+            request,
+        });
+    }
+
+    /// Whether node `id`'s replica of `group` exists, has data, and counts
+    /// itself a member.
+    fn hosts(&self, id: NodeId, group: GroupId) -> bool {
+        self.slots[&id].core.as_ref().is_some_and(|core| {
+            core.range(group)
+                .is_some_and(|range| range.replicas.contains(&id))
+        })
     }
 
     fn partition_now(&mut self) {
@@ -562,10 +638,16 @@ impl World {
             .iter()
             .map(|r| r.group)
             .filter(|&group| {
+                // Only the replicas that count themselves members: a removed
+                // one may linger a little, a new one may wait for data.
+                let hosting: Vec<&(&NodeId, &NodeCore)> = cores
+                    .iter()
+                    .filter(|(&id, _)| self.hosts(id, group))
+                    .collect();
                 let named: BTreeSet<Option<NodeId>> =
-                    cores.iter().map(|(_, core)| core.leader(group)).collect();
+                    hosting.iter().map(|(_, core)| core.leader(group)).collect();
                 let agreed = match named.iter().next() {
-                    Some(&Some(leader)) if named.len() == 1 => cores
+                    Some(&Some(leader)) if named.len() == 1 => hosting
                         .iter()
                         .any(|(&id, core)| id == leader && core.leader(group) == Some(id)),
                     _ => false,
@@ -630,11 +712,17 @@ impl World {
                 })
                 .take(10)
                 .collect();
+            let leaderless_states: Vec<String> = leaderless
+                .iter()
+                .take(3)
+                .map(|&group| format!("group {group}: {}", self.describe_group(group)))
+                .collect();
             return violation(
                 Property::Liveness,
                 format!(
                     "{CALM_DEADLINE_TICKS} ticks after the faults stopped: groups without an \
-                     agreed leader: {leaderless:?}; stuck clients: {stuck:?}"
+                     agreed leader: {leaderless:?} ({leaderless_states:?}); stuck clients: \
+                     {stuck:?}"
                 ),
             );
         }
@@ -724,14 +812,26 @@ impl World {
         if switch || !up.contains(&client.home) {
             client.home = *up.choose(&mut self.rng).expect("not empty");
         }
-        let (node, process) = (client.home, client.process);
-        let (key, op) = match client.sweep_key {
+        let (mut node, process, sweep_key) = (client.home, client.process, client.sweep_key);
+        let (key, op) = match sweep_key {
             Some(key) => (key, ClientOp::Read),
             None => {
                 let key = self.choose_key();
                 (key, self.choose_op(key))
             }
         };
+        // Ask a node that has the range, as a client's range cache would.
+        let group = self.keys[key].group;
+        if !self.hosts(node, group) {
+            let hosting: Vec<NodeId> = up
+                .iter()
+                .copied()
+                .filter(|&id| self.hosts(id, group))
+                .collect();
+            if let Some(&other) = hosting.choose(&mut self.rng) {
+                node = other;
+            }
+        }
         let name = self.keys[key].name.clone();
         let group = self.keys[key].group;
         let pending = self.recorder.invoke(process, name.clone(), op.history_op());
@@ -851,6 +951,17 @@ impl World {
         result: Result<Response, flotilla::node::NodeError>,
     ) -> Checked {
         if self.orphans.remove(&(node, request)) {
+            return Ok(());
+        }
+        if self.admin_waiting.remove(&(node, request)) {
+            if result.is_ok() {
+                self.stats.membership_changes_done += 1;
+            }
+            self.event(Event::MembershipDone {
+                node,
+                request,
+                result: format!("{result:?}"),
+            });
             return Ok(());
         }
         let Some(index) = self.waiting.remove(&(node, request)) else {
