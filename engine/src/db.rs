@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use crate::node::{NodeError, RangeDescriptor, Request, Response};
 use crate::range::{Command, CommandResult, KeyValue, MAX_KEY_BYTES, MAX_VALUE_BYTES};
-use crate::runtime::Submission;
+use crate::runtime::{worker_of, Submission, SUBMIT_QUEUE_MAX};
 use crate::wal::WalError;
 
 /// Errors of the public API. `Timeout` means the outcome is unknown; every
@@ -79,7 +79,9 @@ const ANSWER_WAIT_MAX: Duration = Duration::from_secs(30);
 /// leader.
 #[derive(Clone, Debug)]
 pub struct Db {
-    submit: Sender<Submission>,
+    /// The node's worker queues: a request goes to the worker owning its
+    /// group ([`worker_of`]).
+    submit: Arc<[Sender<Submission>]>,
     ranges: Arc<Vec<RangeDescriptor>>,
 }
 
@@ -104,7 +106,7 @@ fn check_value(value: &[u8]) -> Result<(), Error> {
 }
 
 impl Db {
-    pub(crate) fn new(submit: Sender<Submission>, ranges: Arc<Vec<RangeDescriptor>>) -> Db {
+    pub(crate) fn new(submit: Arc<[Sender<Submission>]>, ranges: Arc<Vec<RangeDescriptor>>) -> Db {
         Db { submit, ranges }
     }
 
@@ -117,6 +119,10 @@ impl Db {
 
     async fn call(&self, key: &[u8], request: Request) -> Result<Response, Error> {
         let group = self.range_of(key)?.group;
+        let queue = self
+            .submit
+            .get(worker_of(group, self.submit.len()))
+            .ok_or(Error::Shutdown)?;
         let deadline = tokio::time::Instant::now() + UNAVAILABLE_RETRY_FOR;
         loop {
             let (reply, response) = oneshot::channel();
@@ -125,13 +131,16 @@ impl Db {
                 request: request.clone(),
                 reply,
             };
-            self.submit.try_send(submission).map_err(|e| {
-                if e.is_disconnected() {
-                    Error::Shutdown
-                } else {
-                    Error::Unavailable("the node's request queue is full".into())
-                }
-            })?;
+            // The queue is unbounded so that an idle node does not hold
+            // its capacity in memory; this check bounds it (loosely: callers
+            // racing past it may add a few more).
+            if queue.len() >= SUBMIT_QUEUE_MAX {
+                return Err(Error::Unavailable(
+                    "the node's request queue is full".into(),
+                ));
+            }
+            // Sending fails only once the worker has stopped.
+            queue.send(submission).map_err(|_| Error::Shutdown)?;
             let is_read = !matches!(request, Request::Write(_));
             // The node answers every request (with a timeout of its own);
             // this bound only guards against a node that vanished between

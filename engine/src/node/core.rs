@@ -47,6 +47,12 @@ pub struct NodeConfig {
     /// so that a proposal made before a crash and committed after it can
     /// never complete a request of the new boot that reuses its number.
     pub incarnation: u64,
+    /// Whether rounds send every peer node this core's liveness beat. A
+    /// node split among several cores (one per worker thread) lets only one
+    /// of them send it, so that a node pair exchanges one beat per tick
+    /// rather than one per core; the others still track peer liveness from
+    /// the beats they receive.
+    pub sends_liveness: bool,
 }
 
 impl Default for NodeConfig {
@@ -57,6 +63,7 @@ impl Default for NodeConfig {
             quiesce_after_idle_ticks: 20,
             peer_down_after_ticks: 10,
             incarnation: 0,
+            sends_liveness: true,
         }
     }
 }
@@ -486,10 +493,13 @@ impl NodeCore {
     /// groups had work; call again while it is non-zero.
     pub fn round(&mut self, out: &mut FrameBuilder) -> Result<usize, WalError> {
         if std::mem::take(&mut self.beat_due) {
-            for &peer in self.peers.keys() {
-                out.liveness(peer, self.ticks);
+            if self.config.sends_liveness {
+                for &peer in self.peers.keys() {
+                    out.liveness(peer, self.ticks);
+                }
+                metrics::counter!("flotilla_liveness_beats_total")
+                    .increment(self.peers.len() as u64);
             }
-            metrics::counter!("flotilla_liveness_beats_total").increment(self.peers.len() as u64);
             metrics::gauge!("flotilla_awake_groups").set(self.awake.len() as f64);
             metrics::gauge!("flotilla_quiesced_groups")
                 .set(self.replicas.len().saturating_sub(self.awake.len()) as f64);

@@ -147,6 +147,7 @@ impl Params {
             quiesce_after_idle_ticks: self.quiesce_after_idle_ticks,
             peer_down_after_ticks: self.peer_down_after_ticks,
             incarnation: 0,
+            sends_liveness: true,
         }
     }
 
