@@ -26,7 +26,8 @@ enum Command {
     /// write+fdatasync figures and WAL recovery time.
     Wal(WalArgs),
     /// One node with many ranges: open and restart time, memory per idle
-    /// range, CPU with every range quiesced.
+    /// range, CPU with every range quiesced; then cluster write throughput
+    /// with one raft worker per node against `--workers`.
     Node(NodeArgs),
 }
 
@@ -41,6 +42,23 @@ struct NodeArgs {
     /// Where the node keeps its data.
     #[arg(long, default_value = "target/flotilla-bench/node")]
     dir: PathBuf,
+    /// Raft worker threads per node (default: the engine's, the machine's
+    /// parallelism up to 8).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Seconds of the write-throughput phase, per worker count (0 skips it).
+    #[arg(long, default_value_t = 5.0)]
+    throughput_seconds: f64,
+    /// Nodes of the throughput cluster (every range on each).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    throughput_nodes: u64,
+    /// Ranges of the throughput cluster.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    throughput_ranges: u64,
+    /// Concurrent clients of the throughput phase, each with one put in
+    /// flight.
+    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    clients: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -100,12 +118,16 @@ fn run_node(args: NodeArgs) {
         &args.dir,
         args.ranges,
         Duration::from_secs_f64(args.idle_seconds),
+        args.workers,
     );
     let _ = std::fs::remove_dir_all(&args.dir);
     let grown = r.rss_after_kib.saturating_sub(r.rss_before_kib) * 1024;
     let heap = (r.heap_after - r.heap_before).max(0) as u64;
     let per_range = heap.saturating_sub(r.data_bytes) as f64 / r.ranges as f64;
-    println!("node: {} ranges on one node", r.ranges);
+    println!(
+        "node: {} ranges on one node, {} raft workers",
+        r.ranges, r.workers
+    );
     println!(
         "  open {} ms, every range elected in {} more ms",
         r.open_ms, r.elect_ms
@@ -122,9 +144,75 @@ fn run_node(args: NodeArgs) {
     );
     println!("  restart (WAL replay of every range) {} ms, elected in {} more ms, read every value back in {} ms", r.restart_ms, r.restart_elect_ms, r.read_ms);
     println!(
-        "{{\"bench\":\"node\",\"ranges\":{},\"open_ms\":{},\"elect_ms\":{},\"write_ms\":{},\"restart_ms\":{},\"restart_elect_ms\":{},\"read_ms\":{},\"bytes_per_idle_range\":{per_range:.0},\"idle_cpu_percent\":{:.3}}}",
-        r.ranges, r.open_ms, r.elect_ms, r.write_ms, r.restart_ms, r.restart_elect_ms, r.read_ms, r.idle_cpu_percent
+        "{{\"bench\":\"node\",\"ranges\":{},\"workers\":{},\"open_ms\":{},\"elect_ms\":{},\"write_ms\":{},\"restart_ms\":{},\"restart_elect_ms\":{},\"read_ms\":{},\"bytes_per_idle_range\":{per_range:.0},\"idle_cpu_percent\":{:.3}}}",
+        r.ranges, r.workers, r.open_ms, r.elect_ms, r.write_ms, r.restart_ms, r.restart_elect_ms, r.read_ms, r.idle_cpu_percent
     );
+    if args.throughput_seconds > 0.0 {
+        run_throughput(&args, r.workers);
+    }
+}
+
+/// The throughput phase: one worker per node first (the baseline), then
+/// `workers` if different, each on a fresh cluster.
+fn run_throughput(args: &NodeArgs, workers: usize) {
+    let counts: Vec<usize> = if workers == 1 {
+        vec![1]
+    } else {
+        vec![1, workers]
+    };
+    let mut reports = Vec::new();
+    for count in counts {
+        let dir = args.dir.join(format!("throughput-{count}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        eprintln!(
+            "throughput: {} nodes, {} ranges, {} clients, {} workers per node",
+            args.throughput_nodes, args.throughput_ranges, args.clients, count
+        );
+        reports.push(node::throughput(
+            &dir,
+            args.throughput_nodes,
+            args.throughput_ranges,
+            count,
+            args.clients,
+            Duration::from_secs_f64(args.throughput_seconds),
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let _ = std::fs::remove_dir_all(&args.dir);
+    let baseline = reports
+        .first()
+        .map_or(1.0, node::ThroughputReport::writes_per_sec);
+    for t in &reports {
+        println!(
+            "throughput: {} nodes, {} ranges, {} clients, {} workers per node: {:.0} writes/s ({:.2}x one worker), p50 {} us, p99 {} us, p99.9 {} us, {} errors",
+            t.nodes,
+            t.ranges,
+            t.clients,
+            t.workers,
+            t.writes_per_sec(),
+            t.writes_per_sec() / baseline,
+            t.latency_us_p50,
+            t.latency_us_p99,
+            t.latency_us_p999,
+            t.errors
+        );
+    }
+    for t in &reports {
+        println!(
+            "{{\"bench\":\"node_throughput\",\"nodes\":{},\"ranges\":{},\"clients\":{},\"workers\":{},\"seconds\":{:.3},\"writes_per_sec\":{:.1},\"ratio_to_one_worker\":{:.3},\"latency_us_p50\":{},\"latency_us_p99\":{},\"latency_us_p999\":{},\"errors\":{}}}",
+            t.nodes,
+            t.ranges,
+            t.clients,
+            t.workers,
+            t.seconds,
+            t.writes_per_sec(),
+            t.writes_per_sec() / baseline,
+            t.latency_us_p50,
+            t.latency_us_p99,
+            t.latency_us_p999,
+            t.errors
+        );
+    }
 }
 
 fn run_wal(args: WalArgs) {

@@ -1,7 +1,8 @@
 //! `flotilla-bench node`: one node with many ranges — how long it takes to
 //! open, to take one write per range, to restart from its WAL, what an idle
 //! range costs in memory, and how much CPU the node burns with every range
-//! quiesced.
+//! quiesced — and the write throughput of a small cluster, measured for one
+//! raft worker per node (the baseline) and for the worker count under test.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,11 +10,13 @@ use std::time::{Duration, Instant};
 
 use flotilla::{Bootstrap, Node, NodeOptions};
 use flotilla_transport::local::LocalNetwork;
+use hdrhistogram::Histogram;
 
 /// What the run measured.
 #[derive(Debug)]
 pub struct NodeReport {
     pub ranges: u64,
+    pub workers: usize,
     pub open_ms: u128,
     pub elect_ms: u128,
     pub write_ms: u128,
@@ -58,7 +61,7 @@ pub fn cpu_time() -> Duration {
         .unwrap_or_default()
 }
 
-fn open_node(dir: &Path, ranges: u64) -> (Node, LocalNetwork) {
+fn open_node(dir: &Path, ranges: u64, workers: Option<usize>) -> (Node, LocalNetwork) {
     let network = LocalNetwork::new(1);
     let (transport, inbox) = network.register(1, 1 << 16);
     let mut options = NodeOptions::new(
@@ -72,6 +75,9 @@ fn open_node(dir: &Path, ranges: u64) -> (Node, LocalNetwork) {
     options.tick_interval = Duration::from_millis(20);
     options.node.quiesce_after_idle_ticks = 5;
     options.wal.zero_fill_segments = false;
+    if let Some(workers) = workers {
+        options.workers = workers;
+    }
     if let Some(mib) = std::env::var("FLOTILLA_BENCH_WAL_CACHE_MIB")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
@@ -99,12 +105,14 @@ fn key_in_range(i: u64, ranges: u64) -> Vec<u8> {
     key
 }
 
-/// Runs the measurement in `dir`.
-pub fn run(dir: &Path, ranges: u64, idle: Duration) -> NodeReport {
+/// Runs the measurement in `dir`, with `workers` raft workers (the
+/// engine's default if `None`).
+pub fn run(dir: &Path, ranges: u64, idle: Duration, workers: Option<usize>) -> NodeReport {
     let rss_before_kib = rss_kib();
     let heap_before = live_heap_bytes();
     let started = Instant::now();
-    let (node, network) = open_node(dir, ranges);
+    let (node, network) = open_node(dir, ranges, workers);
+    let workers = node.workers();
     let open_ms = started.elapsed().as_millis();
     eprintln!(
         "heap after open: {} KiB",
@@ -159,7 +167,7 @@ pub fn run(dir: &Path, ranges: u64, idle: Duration) -> NodeReport {
     node.shutdown();
     drop(network);
     let restart_started = Instant::now();
-    let (node, network) = open_node(dir, ranges);
+    let (node, network) = open_node(dir, ranges, Some(workers));
     let restart_ms = restart_started.elapsed().as_millis();
     wait_for_leaders(&node, ranges);
     let restart_elect_ms = restart_started.elapsed().as_millis() - restart_ms;
@@ -176,6 +184,7 @@ pub fn run(dir: &Path, ranges: u64, idle: Duration) -> NodeReport {
     drop(network);
     NodeReport {
         ranges,
+        workers,
         open_ms,
         elect_ms,
         write_ms,
@@ -189,6 +198,129 @@ pub fn run(dir: &Path, ranges: u64, idle: Duration) -> NodeReport {
         data_bytes,
         idle_cpu_percent,
         idle_seconds,
+    }
+}
+
+/// What a throughput run measured.
+#[derive(Debug)]
+pub struct ThroughputReport {
+    pub workers: usize,
+    pub nodes: u64,
+    pub ranges: u64,
+    pub clients: usize,
+    pub seconds: f64,
+    /// Acknowledged puts.
+    pub writes: u64,
+    /// Puts that failed (each is a bench failure to look into, not load).
+    pub errors: u64,
+    pub latency_us_p50: u64,
+    pub latency_us_p99: u64,
+    pub latency_us_p999: u64,
+}
+
+impl ThroughputReport {
+    pub fn writes_per_sec(&self) -> f64 {
+        self.writes as f64 / self.seconds
+    }
+}
+
+/// Write throughput of a cluster of `nodes` nodes (every range replicated
+/// on each) with `workers` raft workers per node: `clients` concurrent
+/// tasks, spread over the nodes, each putting 100-byte values into the
+/// ranges in turn, every put waiting for its acknowledgement, for
+/// `duration`. The WAL keeps its production settings (zero-filled
+/// segments), since syncs bound throughput.
+pub fn throughput(
+    dir: &Path,
+    nodes: u64,
+    ranges: u64,
+    workers: usize,
+    clients: usize,
+    duration: Duration,
+) -> ThroughputReport {
+    let network = LocalNetwork::new(1);
+    let ids: Vec<u64> = (1..=nodes).collect();
+    let cluster: Vec<Node> = ids
+        .iter()
+        .map(|&id| {
+            let (transport, inbox) = network.register(id, 1 << 16);
+            let mut options = NodeOptions::new(
+                id,
+                dir.join(format!("node-{id}")),
+                Bootstrap::EvenSplits {
+                    count: ranges,
+                    nodes: ids.clone(),
+                },
+            );
+            options.workers = workers;
+            options.tick_interval = Duration::from_millis(10);
+            Node::open(options, Arc::new(transport), inbox)
+                .unwrap_or_else(|e| panic!("open node {id}: {e}"))
+        })
+        .collect();
+    let started = Instant::now();
+    while cluster.iter().map(|n| n.stats().leaders).sum::<usize>() < ranges as usize {
+        assert!(started.elapsed() < Duration::from_secs(120), "no leaders");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let dbs: Vec<flotilla::Db> = cluster.iter().map(Node::db).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
+    let (histogram, errors, seconds) = runtime.block_on(async {
+        let value = Arc::new(vec![0x5au8; 100]);
+        let started = tokio::time::Instant::now();
+        let deadline = started + duration;
+        let tasks: Vec<_> = (0..clients)
+            .map(|client| {
+                let db = dbs[client % dbs.len()].clone();
+                let value = Arc::clone(&value);
+                tokio::spawn(async move {
+                    let mut latency = Histogram::<u64>::new(3).expect("histogram");
+                    let mut errors = 0u64;
+                    let mut i = client as u64;
+                    while tokio::time::Instant::now() < deadline {
+                        let key = key_in_range(i % ranges, ranges);
+                        let put_started = Instant::now();
+                        match db.put(&key, &value).await {
+                            Ok(()) => {
+                                let _ = latency.record(put_started.elapsed().as_micros() as u64);
+                            }
+                            Err(_) => errors += 1,
+                        }
+                        i += clients as u64;
+                    }
+                    (latency, errors)
+                })
+            })
+            .collect();
+        let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+        let mut errors = 0;
+        for task in tasks {
+            let (latency, failed) = task.await.unwrap_or_else(|e| panic!("client task: {e}"));
+            let _ = histogram.add(&latency);
+            errors += failed;
+        }
+        (histogram, errors, started.elapsed().as_secs_f64())
+    });
+    drop(runtime);
+    for node in cluster {
+        node.shutdown();
+    }
+    drop(network);
+    ThroughputReport {
+        workers,
+        nodes,
+        ranges,
+        clients,
+        seconds,
+        writes: histogram.len(),
+        errors,
+        latency_us_p50: histogram.value_at_quantile(0.5),
+        latency_us_p99: histogram.value_at_quantile(0.99),
+        latency_us_p999: histogram.value_at_quantile(0.999),
     }
 }
 

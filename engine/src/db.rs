@@ -11,7 +11,7 @@ use flotilla_transport::{GroupId, NodeId};
 
 use crate::node::{NodeError, RangeDescriptor, ReplicaChange, Request, Response};
 use crate::range::{Command, CommandResult, KeyValue, MAX_KEY_BYTES, MAX_VALUE_BYTES};
-use crate::runtime::Submission;
+use crate::runtime::{worker_of, Submission, SUBMIT_QUEUE_MAX};
 use crate::wal::WalError;
 
 /// Errors of the public API. `Timeout` means the outcome is unknown; every
@@ -91,7 +91,9 @@ const ANSWER_WAIT_MAX: Duration = Duration::from_secs(30);
 /// any node: followers forward to the leader.
 #[derive(Clone, Debug)]
 pub struct Db {
-    submit: Sender<Submission>,
+    /// The node's worker queues: a request goes to the worker owning its
+    /// group ([`worker_of`]).
+    submit: Arc<[Sender<Submission>]>,
     ranges: Arc<Vec<RangeDescriptor>>,
 }
 
@@ -116,7 +118,7 @@ fn check_value(value: &[u8]) -> Result<(), Error> {
 }
 
 impl Db {
-    pub(crate) fn new(submit: Sender<Submission>, ranges: Arc<Vec<RangeDescriptor>>) -> Db {
+    pub(crate) fn new(submit: Arc<[Sender<Submission>]>, ranges: Arc<Vec<RangeDescriptor>>) -> Db {
         Db { submit, ranges }
     }
 
@@ -133,6 +135,10 @@ impl Db {
     }
 
     async fn call_group(&self, group: GroupId, request: Request) -> Result<Response, Error> {
+        let queue = self
+            .submit
+            .get(worker_of(group, self.submit.len()))
+            .ok_or(Error::Shutdown)?;
         let deadline = tokio::time::Instant::now() + UNAVAILABLE_RETRY_FOR;
         loop {
             let (reply, response) = oneshot::channel();
@@ -141,13 +147,16 @@ impl Db {
                 request: request.clone(),
                 reply,
             };
-            self.submit.try_send(submission).map_err(|e| {
-                if e.is_disconnected() {
-                    Error::Shutdown
-                } else {
-                    Error::Unavailable("the node's request queue is full".into())
-                }
-            })?;
+            // The queue is unbounded so that an idle node does not hold
+            // its capacity in memory; this check bounds it (loosely: callers
+            // racing past it may add a few more).
+            if queue.len() >= SUBMIT_QUEUE_MAX {
+                return Err(Error::Unavailable(
+                    "the node's request queue is full".into(),
+                ));
+            }
+            // Sending fails only once the worker has stopped.
+            queue.send(submission).map_err(|_| Error::Shutdown)?;
             let is_read = matches!(
                 request,
                 Request::Get { .. }

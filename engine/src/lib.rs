@@ -32,9 +32,10 @@
 //!
 //! Inside: [`node`] is the deterministic core that drives every replica of
 //! a node (the same code runs under the seeded cluster simulator);
-//! [`runtime`] runs it on a thread with ticks and a transport; [`wal`] is the
-//! log, [`group_log`] one group's view of it for the Raft core, and
-//! [`range`] the key-value state machine with its snapshot files.
+//! [`runtime`] runs it on worker threads (each group owned by one) with
+//! ticks and a transport; [`wal`] is the log, [`group_log`] one group's view
+//! of it for the Raft core, and [`range`] the key-value state machine with
+//! its snapshot files.
 
 pub mod db;
 pub mod group_log;

@@ -1,16 +1,50 @@
-//! The threaded runtime of a node: one worker thread drives the node's
-//! [`NodeCore`] — it takes client requests, frames from peers and ticks,
-//! runs rounds (one WAL batch and one sync per round for all groups), sends
-//! one frame per destination through the [`Transport`], and completes the
-//! callers.
+//! The threaded runtime of a node: K worker threads, each owning a
+//! [`NodeCore`] over a disjoint share of the node's groups, take client
+//! requests, frames from peers and ticks, run rounds (one WAL batch and one
+//! sync per round for all of the worker's groups), send one frame per
+//! destination through the [`Transport`], and complete the callers.
 //!
-//! Departure from DESIGN.md, deliberate: one worker per node rather than K
-//! workers owning disjoint groups. The core already batches every group's
-//! work into one WAL record per round, so more workers would only add
-//! parallel stepping and apply; they are worth their coordination cost only
-//! once a profile shows stepping or apply as the bound, which none has yet.
+//! - **Ownership.** Group `g` belongs to worker [`worker_of`]`(g, K)`: a
+//!   fixed multiply-shift hash of the group id scaled onto `0..K`. It
+//!   depends on nothing but the id and K, so every [`Db`] routes without
+//!   asking, and a restart recomputes it — with the same or another K: every
+//!   core opens over the one shared [`Wal`], which holds every group's log
+//!   whichever worker wrote it. Replica state is owned by one thread, so it
+//!   needs no locks; the workers' concurrent appends share fdatasyncs
+//!   through the WAL's group commit.
+//! - **Submissions.** A [`Db`] holds one queue per worker and puts each
+//!   request on the queue of the worker owning its group. Queues are
+//!   unbounded channels with a bound checked on send, since a bounded
+//!   crossbeam channel allocates (and touches) its whole capacity up front,
+//!   K times over here.
+//! - **Incoming frames.** The transport delivers every frame for the node on
+//!   one inbox. With K > 1 a demultiplexer thread splits each frame
+//!   ([`Frame::split_by`]): a Raft message or coalesced heartbeat goes to the
+//!   worker owning its group, and the liveness beat (sender and tick) to
+//!   every worker, since each core tracks peer liveness itself (a peer not
+//!   heard from is declared down and the groups it led campaign). Each
+//!   worker's share is queued in order, so frames from one peer reach a
+//!   worker in the order they arrived. With K = 1 the worker reads the inbox
+//!   directly: no extra thread, no extra hop.
+//! - **Outgoing liveness.** Each core would beat every peer it shares a
+//!   group with every tick, K frames per node pair at rest. Only one worker
+//!   per peer does ([`NodeConfig::sends_liveness`]): the lowest-numbered
+//!   worker sharing a group with that peer — worker 0 for every peer unless
+//!   it owns too few groups to share one with each. A worker that beats a
+//!   peer another worker is designated for drops the frame if it carries
+//!   nothing else.
+//! - **Ticks.** There is no ticker thread: each worker sleeps until its own
+//!   tick deadline, and every deadline starts from the same instant, so the
+//!   workers tick together. A shared ticker would only add a thread and a
+//!   hop, as every worker has to wake each tick anyway.
+//!
+//! Request ids stay unique where they must: per group, because one worker
+//! of a node submits every request of a group (see [`NodeCore::submit`]).
+//!
+//! Shutdown drops the one stop sender every thread selects on; each worker
+//! then fails what it has in flight and what is still queued for it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -71,6 +105,29 @@ impl Bootstrap {
     }
 }
 
+/// The most worker threads a node accepts.
+pub const WORKERS_MAX: usize = 64;
+/// The default worker count's upper bound (DESIGN.md): every worker is a
+/// thread with its own ticks and rounds, so a many-core machine gets more
+/// only when asked.
+const WORKERS_DEFAULT_MAX: usize = 8;
+/// Requests a worker's queue holds; a [`Db`] refuses more (`Unavailable`)
+/// rather than queue without bound behind a stalled worker.
+pub(crate) const SUBMIT_QUEUE_MAX: usize = 65_536;
+/// Frames a worker's queue holds when the inbox is unbounded; otherwise it
+/// holds as many as the inbox. Beyond that the demultiplexer drops frames,
+/// as a full inbox does (Raft tolerates the loss).
+const FRAME_QUEUE_MAX: usize = 65_536;
+
+pub use crate::node::worker_of;
+
+/// The default worker count: the machine's parallelism, at most 8.
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(1, WORKERS_DEFAULT_MAX)
+}
+
 /// Everything `Node::open` needs.
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
@@ -80,6 +137,10 @@ pub struct NodeOptions {
     pub bootstrap: Bootstrap,
     /// Real time per Raft tick.
     pub tick_interval: Duration,
+    /// Raft worker threads, 1 to [`WORKERS_MAX`]; each owns the groups
+    /// [`worker_of`] assigns it. Defaults to the machine's parallelism, at
+    /// most 8. It may change between boots.
+    pub workers: usize,
     pub node: NodeConfig,
     pub wal: WalConfig,
 }
@@ -92,6 +153,7 @@ impl NodeOptions {
             data_dir: data_dir.into(),
             bootstrap,
             tick_interval: Duration::from_millis(20),
+            workers: default_workers(),
             node: NodeConfig::default(),
             wal: WalConfig::default(),
         }
@@ -123,14 +185,14 @@ fn next_incarnation(data_dir: &std::path::Path) -> Result<u64, Error> {
     Ok(next)
 }
 
-/// A client request on its way to the worker.
+/// A client request on its way to a worker.
 pub(crate) struct Submission {
     pub(crate) group: GroupId,
     pub(crate) request: Request,
     pub(crate) reply: oneshot::Sender<Result<Response, NodeError>>,
 }
 
-/// Counters a node's runtime keeps.
+/// Counters a node's runtime keeps, summed over its workers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeStats {
     pub rounds: u64,
@@ -139,19 +201,71 @@ pub struct NodeStats {
     pub awake_groups: usize,
 }
 
+/// Which liveness beats a worker sends.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct LivenessDuty {
+    /// The worker's core beats its peers (`NodeConfig::sends_liveness`).
+    sends: bool,
+    /// Peers the core beats that another worker is designated for: frames
+    /// to them carrying nothing but the beat are dropped.
+    elsewhere: BTreeSet<NodeId>,
+}
+
+/// Assigns every peer of node `id` (a node sharing a group with it) to
+/// the lowest-numbered worker whose groups include one with that peer, so
+/// that each peer gets exactly one liveness beat per tick from this node.
+/// `owned[w]` are the descriptors of worker `w`'s groups.
+fn liveness_duties(id: NodeId, owned: &[Vec<RangeDescriptor>]) -> Vec<LivenessDuty> {
+    let peers_of = |ranges: &[RangeDescriptor]| -> BTreeSet<NodeId> {
+        ranges
+            .iter()
+            .filter(|d| d.replicas.contains(&id))
+            .flat_map(|d| d.replicas.iter().copied())
+            .filter(|&p| p != id)
+            .collect()
+    };
+    let peers: Vec<BTreeSet<NodeId>> = owned.iter().map(|r| peers_of(r)).collect();
+    let mut designated: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for (worker, set) in peers.iter().enumerate() {
+        for &peer in set {
+            designated.entry(peer).or_insert(worker);
+        }
+    }
+    peers
+        .iter()
+        .enumerate()
+        .map(|(worker, set)| {
+            let sends = designated.values().any(|&w| w == worker);
+            let elsewhere = if sends {
+                set.iter()
+                    .copied()
+                    .filter(|p| designated.get(p) != Some(&worker))
+                    .collect()
+            } else {
+                BTreeSet::new()
+            };
+            LivenessDuty { sends, elsewhere }
+        })
+        .collect()
+}
+
 /// A running node. Dropping it shuts it down.
 #[derive(Debug)]
 pub struct Node {
     id: NodeId,
-    submit: Sender<Submission>,
-    stop: Sender<()>,
-    stats: Arc<parking_lot::Mutex<NodeStats>>,
+    /// One queue per worker, indexed by [`worker_of`].
+    submit: Arc<[Sender<Submission>]>,
+    /// Dropping it disconnects every thread's stop receiver: the broadcast
+    /// that stops them all.
+    stop: Option<Sender<()>>,
+    stats: Vec<Arc<parking_lot::Mutex<NodeStats>>>,
     ranges: Arc<Vec<RangeDescriptor>>,
-    worker: Option<JoinHandle<()>>,
+    /// The workers, and the demultiplexer if there is one.
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Node {
-    /// Opens (bootstrapping or recovering) the node and starts its worker.
+    /// Opens (bootstrapping or recovering) the node and starts its workers.
     /// Frames for this node arrive on `inbox`; frames it sends go through
     /// `transport`.
     pub fn open(
@@ -159,6 +273,12 @@ impl Node {
         transport: Arc<dyn Transport>,
         inbox: Receiver<Frame>,
     ) -> Result<Node, Error> {
+        let workers = options.workers;
+        if workers == 0 || workers > WORKERS_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "{workers} workers: a node runs 1 to {WORKERS_MAX}"
+            )));
+        }
         let ranges = options.bootstrap.descriptors()?;
         std::fs::create_dir_all(&options.data_dir)
             .map_err(|e| Error::Io(format!("{}: {e}", options.data_dir.display())))?;
@@ -176,37 +296,97 @@ impl Node {
                 snapshot_dir.display()
             ))
         })?);
-        let core = NodeCore::open(options.id, wal, snapshots, node_config, &ranges)
-            .map_err(Error::from_node)?;
-        let (submit, submissions) = crossbeam_channel::bounded(65_536);
-        let (stop, stopped) = crossbeam_channel::bounded(1);
-        let stats = Arc::new(parking_lot::Mutex::new(NodeStats::default()));
-        let worker_stats = Arc::clone(&stats);
-        let tick_interval = options.tick_interval;
-        let worker = std::thread::Builder::new()
-            .name(format!("flotilla-node-{}", options.id))
-            .spawn(move || {
-                Worker {
-                    core,
-                    transport,
-                    inbox,
-                    submissions,
-                    stopped,
-                    waiting: BTreeMap::new(),
-                    stats: worker_stats,
-                    tick_interval,
-                }
-                .run();
-            })
-            .map_err(|e| Error::Io(format!("spawning the node worker: {e}")))?;
-        Ok(Node {
+
+        let mut owned: Vec<Vec<RangeDescriptor>> = vec![Vec::new(); workers];
+        for descriptor in &ranges {
+            owned[worker_of(descriptor.group, workers)].push(descriptor.clone());
+        }
+        let duties = liveness_duties(options.id, &owned);
+        // Every core is open before any thread starts, so a failure leaves
+        // nothing running.
+        let mut cores = Vec::with_capacity(workers);
+        for (worker, (share, duty)) in owned.iter().zip(&duties).enumerate() {
+            let config = NodeConfig {
+                sends_liveness: duty.sends,
+                worker: (worker, workers),
+                ..node_config.clone()
+            };
+            cores.push(
+                NodeCore::open(
+                    options.id,
+                    Arc::clone(&wal),
+                    Arc::clone(&snapshots) as Arc<dyn crate::node::snapshots::SnapshotStore>,
+                    config,
+                    share,
+                )
+                .map_err(Error::from_node)?,
+            );
+        }
+
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let mut node = Node {
             id: options.id,
-            submit,
-            stop,
-            stats,
+            submit: Arc::from(Vec::new()),
+            stop: Some(stop),
+            stats: Vec::with_capacity(workers),
             ranges: Arc::new(ranges),
-            worker: Some(worker),
-        })
+            threads: Vec::with_capacity(workers + 1),
+        };
+        let frame_queues: Vec<Receiver<Frame>> = if workers == 1 {
+            vec![inbox]
+        } else {
+            let (senders, receivers): (Vec<_>, Vec<_>) =
+                (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
+            let demux = Demux {
+                queue_max: inbox.capacity().unwrap_or(FRAME_QUEUE_MAX),
+                inbox,
+                workers: senders,
+                stopped: stopped.clone(),
+            };
+            // On an error here and below, dropping `node` stops and joins
+            // the threads already started.
+            node.spawn(format!("flotilla-demux-{}", options.id), move || {
+                demux.run();
+            })?;
+            receivers
+        };
+        let mut submit = Vec::with_capacity(workers);
+        // Every worker starts its tick clock at the same instant.
+        let first_tick = Instant::now() + options.tick_interval;
+        for (index, ((core, frames), duty)) in
+            cores.into_iter().zip(frame_queues).zip(duties).enumerate()
+        {
+            let (sender, submissions) = crossbeam_channel::unbounded();
+            submit.push(sender);
+            let stats = Arc::new(parking_lot::Mutex::new(NodeStats::default()));
+            node.stats.push(Arc::clone(&stats));
+            let worker = Worker {
+                core,
+                transport: Arc::clone(&transport),
+                inbox: frames,
+                submissions,
+                stopped: stopped.clone(),
+                waiting: BTreeMap::new(),
+                stats,
+                tick_interval: options.tick_interval,
+                next_tick: first_tick,
+                liveness_elsewhere: duty.elsewhere,
+            };
+            node.spawn(format!("flotilla-node-{}-{index}", options.id), move || {
+                worker.run();
+            })?;
+        }
+        node.submit = Arc::from(submit);
+        Ok(node)
+    }
+
+    fn spawn(&mut self, name: String, body: impl FnOnce() + Send + 'static) -> Result<(), Error> {
+        let thread = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(body)
+            .map_err(|e| Error::Io(format!("spawning thread {name}: {e}")))?;
+        self.threads.push(thread);
+        Ok(())
     }
 
     /// This node's id.
@@ -214,44 +394,96 @@ impl Node {
         self.id
     }
 
+    /// How many worker threads the node runs.
+    pub fn workers(&self) -> usize {
+        self.submit.len()
+    }
+
     /// A cloneable handle for reads and writes through this node.
     pub fn db(&self) -> Db {
-        Db::new(self.submit.clone(), Arc::clone(&self.ranges))
+        Db::new(Arc::clone(&self.submit), Arc::clone(&self.ranges))
     }
 
-    /// The node's counters.
+    /// The node's counters, summed over its workers.
     pub fn stats(&self) -> NodeStats {
-        *self.stats.lock()
+        self.stats
+            .iter()
+            .map(|stats| *stats.lock())
+            .fold(NodeStats::default(), |sum, worker| NodeStats {
+                rounds: sum.rounds + worker.rounds,
+                frames_sent: sum.frames_sent + worker.frames_sent,
+                leaders: sum.leaders + worker.leaders,
+                awake_groups: sum.awake_groups + worker.awake_groups,
+            })
     }
 
-    /// Stops the worker; requests still in flight fail with `Shutdown`.
+    /// Stops the workers; requests still in flight fail with `Shutdown`.
     pub fn shutdown(mut self) {
-        self.stop_worker();
+        self.stop_threads();
     }
 
-    fn stop_worker(&mut self) {
-        let _ = self.stop.try_send(());
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.join();
+    fn stop_threads(&mut self) {
+        drop(self.stop.take());
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
         }
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        self.stop_worker();
+        self.stop_threads();
+    }
+}
+
+/// Splits the node's incoming frames among its workers.
+struct Demux {
+    inbox: Receiver<Frame>,
+    /// One queue per worker, indexed by [`worker_of`].
+    workers: Vec<Sender<Frame>>,
+    stopped: Receiver<()>,
+    queue_max: usize,
+}
+
+impl Demux {
+    fn run(self) {
+        let count = self.workers.len();
+        loop {
+            let frame = select! {
+                recv(self.stopped) -> _ => return,
+                recv(self.inbox) -> frame => match frame {
+                    Ok(frame) => frame,
+                    // The transport dropped the node: nothing more comes.
+                    Err(_) => return,
+                },
+            };
+            let parts = frame.split_by(count, |group| worker_of(group, count));
+            for (part, worker) in parts.into_iter().zip(&self.workers) {
+                // A worker that fell this far behind loses the frame, as it
+                // would at a full inbox: Raft tolerates lost messages, and
+                // blocking here would stall every other worker's input.
+                if let Some(part) = part.filter(|_| worker.len() < self.queue_max) {
+                    let _ = worker.send(part);
+                }
+            }
+        }
     }
 }
 
 struct Worker {
     core: NodeCore,
     transport: Arc<dyn Transport>,
+    /// The node's inbox with one worker, else this worker's share of it.
     inbox: Receiver<Frame>,
     submissions: Receiver<Submission>,
     stopped: Receiver<()>,
     waiting: BTreeMap<RequestId, oneshot::Sender<Result<Response, NodeError>>>,
     stats: Arc<parking_lot::Mutex<NodeStats>>,
     tick_interval: Duration,
+    next_tick: Instant,
+    /// Peers whose liveness beat another worker sends (see
+    /// [`liveness_duties`]).
+    liveness_elsewhere: BTreeSet<NodeId>,
 }
 
 /// Inputs taken per loop iteration before a round, so one round serves many.
@@ -259,28 +491,29 @@ const INPUTS_PER_ROUND_MAX: usize = 4096;
 
 impl Worker {
     fn run(mut self) {
-        let mut next_tick = Instant::now() + self.tick_interval;
         loop {
-            let timeout = next_tick.saturating_duration_since(Instant::now());
+            let timeout = self.next_tick.saturating_duration_since(Instant::now());
             select! {
                 recv(self.stopped) -> _ => break,
                 recv(self.submissions) -> submission => match submission {
                     Ok(submission) => self.submit(submission),
                     Err(_) => break,
                 },
-                recv(self.inbox) -> frame => {
-                    if let Ok(frame) = frame {
-                        self.core.receive(frame);
-                    }
+                recv(self.inbox) -> frame => match frame {
+                    Ok(frame) => self.core.receive(frame),
+                    // No more frames will come (the transport or the
+                    // demultiplexer is gone); waiting on a disconnected
+                    // channel would return at once, forever.
+                    Err(_) => self.inbox = crossbeam_channel::never(),
                 },
                 default(timeout) => {}
             }
             self.drain_inputs();
-            if Instant::now() >= next_tick {
+            if Instant::now() >= self.next_tick {
                 self.core.tick();
-                next_tick += self.tick_interval;
-                if next_tick < Instant::now() {
-                    next_tick = Instant::now() + self.tick_interval;
+                self.next_tick += self.tick_interval;
+                if self.next_tick < Instant::now() {
+                    self.next_tick = Instant::now() + self.tick_interval;
                 }
             }
             if let Err(error) = self.run_rounds() {
@@ -297,7 +530,7 @@ impl Worker {
         for (_, reply) in std::mem::take(&mut self.waiting) {
             let _ = reply.send(Err(NodeError::Aborted("node shut down".to_string())));
         }
-        // Requests still queued were never started. The channel outlives
+        // Requests still queued were never started. The queue outlives
         // this worker (every `Db` holds a sender), so they must be answered
         // here or their callers would wait forever.
         while let Ok(submission) = self.submissions.try_recv() {
@@ -330,6 +563,9 @@ impl Worker {
             let handled = self.core.round(&mut out)?;
             let mut frames = 0;
             for frame in out.finish() {
+                if frame.is_liveness_only() && self.liveness_elsewhere.contains(&frame.to) {
+                    continue;
+                }
                 frames += 1;
                 // Best effort: Raft tolerates lost messages.
                 let _ = self.transport.send(frame);
@@ -349,6 +585,100 @@ impl Worker {
             // (which visits every group) is skipped on idle ticks.
             stats.rounds += 1;
             stats.leaders = self.core.leader_count();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn descriptor(group: GroupId, replicas: &[NodeId]) -> RangeDescriptor {
+        RangeDescriptor {
+            group,
+            span: KeySpan::new(Vec::new(), Vec::new()).expect("the whole key space"),
+            replicas: replicas.to_vec(),
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn worker_of_is_stable_in_range_and_spreads_consecutive_groups() {
+        for workers in 1..=WORKERS_MAX {
+            let mut counts = vec![0usize; workers];
+            for group in 1..=64 * workers as u64 {
+                let worker = worker_of(group, workers);
+                assert!(worker < workers);
+                counts[worker] += 1;
+            }
+            // 64 groups per worker on average: none gets fewer than 60.
+            assert!(
+                counts.iter().all(|&c| c >= 60),
+                "{workers} workers: {counts:?}"
+            );
+        }
+        // Fixed values: ownership must not change between builds, or a
+        // restart would route groups differently than documented.
+        let owners: Vec<usize> = (1..=8).map(|g| worker_of(g, 3)).collect();
+        assert_eq!(owners, vec![1, 0, 2, 1, 0, 2, 0, 2]);
+        assert_eq!(worker_of(7, 0), 0);
+    }
+
+    #[test]
+    fn every_peer_gets_liveness_from_exactly_one_worker() {
+        // Node 1, three workers. Worker 0 shares groups with nodes 2 and 3,
+        // worker 1 with nodes 3 and 4, worker 2 with node 4 only, worker 3
+        // owns nothing; group 9 does not include node 1 at all.
+        let owned = vec![
+            vec![descriptor(1, &[1, 2, 3]), descriptor(9, &[5, 6, 7])],
+            vec![descriptor(2, &[1, 3, 4])],
+            vec![descriptor(3, &[1, 4])],
+            vec![],
+        ];
+        let duties = liveness_duties(1, &owned);
+        let expected = vec![
+            LivenessDuty {
+                sends: true,
+                elsewhere: BTreeSet::new(),
+            },
+            LivenessDuty {
+                sends: true,
+                elsewhere: BTreeSet::from([3]),
+            },
+            LivenessDuty::default(),
+            LivenessDuty::default(),
+        ];
+        assert_eq!(duties, expected);
+        // The common case: worker 0 shares a group with every peer and is
+        // the only sender.
+        let owned = vec![
+            vec![descriptor(1, &[1, 2, 3])],
+            vec![descriptor(2, &[1, 2, 3])],
+        ];
+        let duties = liveness_duties(1, &owned);
+        assert!(duties[0].sends && duties[0].elsewhere.is_empty());
+        assert!(!duties[1].sends);
+    }
+
+    #[test]
+    fn a_worker_count_out_of_bounds_is_refused() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        for workers in [0, WORKERS_MAX + 1] {
+            let network = flotilla_transport::local::LocalNetwork::new(1);
+            let (transport, inbox) = network.register(1, 16);
+            let mut options = NodeOptions::new(
+                1,
+                dir.path(),
+                Bootstrap::EvenSplits {
+                    count: 2,
+                    nodes: vec![1],
+                },
+            );
+            options.workers = workers;
+            assert!(matches!(
+                Node::open(options, Arc::new(transport), inbox),
+                Err(Error::InvalidArgument(_))
+            ));
         }
     }
 }

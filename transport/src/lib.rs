@@ -119,6 +119,83 @@ impl Frame {
             && self.snapshot_chunks.is_empty()
     }
 
+    /// Whether the frame carries nothing but a liveness beat: no Raft
+    /// message, no coalesced group heartbeat or answer, no payload. Such a
+    /// frame only tells the receiver that the sender is alive.
+    pub fn is_liveness_only(&self) -> bool {
+        self.messages.is_empty()
+            && self.payloads.is_empty()
+            && self
+                .heartbeat
+                .as_ref()
+                .is_some_and(|h| h.groups.is_empty() && h.acks.is_empty())
+    }
+
+    /// Splits the frame into `parts` frames, one per owner of its groups,
+    /// for a node whose groups are divided among several workers: every
+    /// Raft message and every coalesced [`GroupBeat`] and [`GroupBeatAck`]
+    /// goes to part `owner(group) % parts`. If the frame carries a
+    /// [`Heartbeat`], every part gets one with the same `tick` (the liveness
+    /// of the sender concerns every worker, each tracking its peers itself);
+    /// the opaque payloads go to part 0. Contents are moved, never cloned.
+    ///
+    /// The result has exactly `parts` entries, indexed by part; `None` where
+    /// the frame has nothing for that part. `parts == 0` yields no parts.
+    pub fn split_by(
+        self,
+        parts: usize,
+        mut owner: impl FnMut(GroupId) -> usize,
+    ) -> Vec<Option<Frame>> {
+        if parts <= 1 {
+            return if parts == 1 && !self.is_empty() {
+                vec![Some(self)]
+            } else {
+                vec![None; parts]
+            };
+        }
+        let Frame {
+            from,
+            to,
+            messages,
+            heartbeat,
+            payloads,
+            snapshot_chunks,
+        } = self;
+        let mut split: Vec<Frame> = (0..parts).map(|_| Frame::new(from, to)).collect();
+        for message in messages {
+            split[owner(message.group) % parts].messages.push(message);
+        }
+        for chunk in snapshot_chunks {
+            split[owner(chunk.group) % parts]
+                .snapshot_chunks
+                .push(chunk);
+        }
+        if let Some(heartbeat) = heartbeat {
+            for part in &mut split {
+                part.heartbeat = Some(Heartbeat {
+                    tick: heartbeat.tick,
+                    groups: Vec::new(),
+                    acks: Vec::new(),
+                });
+            }
+            for beat in heartbeat.groups {
+                if let Some(h) = &mut split[owner(beat.group) % parts].heartbeat {
+                    h.groups.push(beat);
+                }
+            }
+            for ack in heartbeat.acks {
+                if let Some(h) = &mut split[owner(ack.group) % parts].heartbeat {
+                    h.acks.push(ack);
+                }
+            }
+        }
+        split[0].payloads = payloads;
+        split
+            .into_iter()
+            .map(|part| (!part.is_empty()).then_some(part))
+            .collect()
+    }
+
     /// The Raft messages the frame carries, with coalesced heartbeats and
     /// their answers expanded back into messages.
     pub fn into_messages(self) -> Vec<GroupMessage> {
@@ -273,5 +350,157 @@ impl FrameBuilder {
     /// The frames, one per destination.
     pub fn finish(self) -> impl Iterator<Item = Frame> {
         self.frames.into_values().filter(|f| !f.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(group: GroupId, index: u64) -> GroupMessage {
+        GroupMessage {
+            group,
+            message: Message {
+                from: 1,
+                to: 2,
+                term: 3,
+                body: MessageBody::Append {
+                    prev_index: index,
+                    prev_term: 3,
+                    entries: Vec::new(),
+                    commit: index,
+                },
+            },
+        }
+    }
+
+    /// A frame from node 1 to node 2 with two messages per group of
+    /// `groups`, a beat for every group and an answer for every other one.
+    fn busy_frame(groups: std::ops::Range<GroupId>, tick: u64) -> Frame {
+        let mut frame = Frame::new(1, 2);
+        let mut heartbeat = Heartbeat {
+            tick,
+            ..Heartbeat::default()
+        };
+        for group in groups {
+            frame.messages.push(append(group, 10));
+            frame.messages.push(append(group, 11));
+            heartbeat.groups.push(GroupBeat {
+                group,
+                term: 3,
+                commit: group,
+                round: 7,
+                quiesce: false,
+            });
+            if group % 2 == 0 {
+                heartbeat.acks.push(GroupBeatAck {
+                    group,
+                    term: 3,
+                    round: 8,
+                });
+            }
+        }
+        frame.heartbeat = Some(heartbeat);
+        frame.payloads.push(b"forwarded".to_vec());
+        frame
+    }
+
+    fn owner(group: GroupId) -> usize {
+        // Deliberately uneven, and out of range for the split to reduce.
+        (group * 7 + group / 3) as usize
+    }
+
+    fn sorted(mut messages: Vec<GroupMessage>) -> Vec<(GroupId, String)> {
+        let mut keyed: Vec<(GroupId, String)> = messages
+            .drain(..)
+            .map(|m| (m.group, format!("{:?}", m.message)))
+            .collect();
+        keyed.sort();
+        keyed
+    }
+
+    #[test]
+    fn a_split_puts_every_message_with_its_owner_and_the_tick_with_everyone() {
+        let parts = 3;
+        let frame = busy_frame(1..40, 99);
+        let whole = sorted(frame.clone().into_messages());
+        let split = frame.split_by(parts, owner);
+        assert_eq!(split.len(), parts);
+        let mut rejoined = Vec::new();
+        for (index, part) in split.into_iter().enumerate() {
+            let part = part.unwrap_or_else(|| panic!("part {index} is missing"));
+            assert_eq!((part.from, part.to), (1, 2));
+            let heartbeat = part.heartbeat.as_ref().expect("every part has the tick");
+            assert_eq!(heartbeat.tick, 99, "part {index}");
+            for group in part
+                .messages
+                .iter()
+                .map(|m| m.group)
+                .chain(heartbeat.groups.iter().map(|b| b.group))
+                .chain(heartbeat.acks.iter().map(|a| a.group))
+            {
+                assert_eq!(owner(group) % parts, index, "group {group} in part {index}");
+            }
+            assert_eq!(
+                part.payloads.is_empty(),
+                index != 0,
+                "payloads go to part 0 only"
+            );
+            rejoined.extend(part.into_messages());
+        }
+        // Nothing lost, nothing duplicated: the parts hold exactly the
+        // original messages, coalesced heartbeats included.
+        assert_eq!(sorted(rejoined), whole);
+    }
+
+    #[test]
+    fn a_frame_without_heartbeat_reaches_only_the_owners_of_its_messages() {
+        let mut frame = Frame::new(1, 2);
+        frame.messages.push(append(5, 1));
+        frame.messages.push(append(5, 2));
+        let split = frame.split_by(4, |group| group as usize);
+        assert_eq!(split.len(), 4);
+        for (index, part) in split.iter().enumerate() {
+            assert_eq!(part.is_some(), index == 1, "part {index}");
+        }
+        let part = split[1].as_ref().expect("part 1");
+        assert!(part.heartbeat.is_none());
+        let indexes: Vec<u64> = part
+            .messages
+            .iter()
+            .map(|m| match m.message.body {
+                MessageBody::Append { prev_index, .. } => prev_index,
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(indexes, vec![1, 2], "order within a part is kept");
+    }
+
+    #[test]
+    fn a_liveness_only_frame_reaches_every_part() {
+        let mut frame = Frame::new(1, 2);
+        frame.heartbeat = Some(Heartbeat {
+            tick: 5,
+            ..Heartbeat::default()
+        });
+        assert!(frame.is_liveness_only());
+        let split = frame.split_by(3, owner);
+        assert_eq!(split.len(), 3);
+        for part in split {
+            let part = part.expect("every part gets the liveness beat");
+            assert!(part.is_liveness_only());
+            assert_eq!(part.heartbeat.map(|h| h.tick), Some(5));
+        }
+        assert!(!busy_frame(1..2, 5).is_liveness_only());
+        assert!(!Frame::new(1, 2).is_liveness_only());
+    }
+
+    #[test]
+    fn one_part_is_the_frame_itself_and_zero_parts_is_nothing() {
+        let frame = busy_frame(1..5, 3);
+        assert_eq!(frame.clone().split_by(1, owner), vec![Some(frame.clone())]);
+        assert!(frame.split_by(0, owner).is_empty());
+        assert_eq!(Frame::new(1, 2).split_by(1, owner), vec![None]);
+        assert_eq!(Frame::new(1, 2).split_by(3, owner), vec![None, None, None]);
     }
 }

@@ -22,6 +22,6 @@ mod core;
 pub mod snapshots;
 
 pub use self::core::{
-    NodeConfig, NodeCore, NodeError, RangeDescriptor, ReplicaChange, Request, RequestId, Response,
-    RoundError, BOOTSTRAP_INDEX,
+    worker_of, NodeConfig, NodeCore, NodeError, RangeDescriptor, ReplicaChange, Request, RequestId,
+    Response, RoundError, BOOTSTRAP_INDEX,
 };

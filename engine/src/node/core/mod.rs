@@ -84,6 +84,29 @@ pub struct NodeConfig {
     /// ticks fails with [`NodeError::Timeout`]. It is longer than
     /// `request_timeout_ticks`: a new replica may need a snapshot first.
     pub admin_timeout_ticks: u64,
+    /// Whether rounds send every peer node this core's liveness beat. A
+    /// node split among several cores (one per worker thread) lets only one
+    /// of them send it, so that a node pair exchanges one beat per tick
+    /// rather than one per core; the others still track peer liveness from
+    /// the beats they receive.
+    pub sends_liveness: bool,
+    /// (this core's worker, the node's worker count): the core hosts only
+    /// the groups [`worker_of`] gives its worker, however many the WAL and
+    /// the snapshot store hold.
+    pub worker: (usize, usize),
+}
+
+/// The worker owning `group` on a node with `workers` workers: Fibonacci
+/// hashing — the group id times 2^64/φ (mod 2^64) is the fraction
+/// `group·φ mod 1`, which multiply-shift scales onto `0..workers`. The
+/// fractions of consecutive ids are spread almost evenly over [0, 1), so
+/// groups spread evenly over workers for every worker count (reducing the
+/// hash modulo the count instead leaves some counts badly skewed).
+/// Deterministic and the same on every node and every boot; `workers == 0`
+/// counts as 1.
+pub fn worker_of(group: GroupId, workers: usize) -> usize {
+    let fraction = group.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((u128::from(fraction) * workers.max(1) as u128) >> 64) as usize
 }
 
 impl Default for NodeConfig {
@@ -100,6 +123,8 @@ impl Default for NodeConfig {
             wal_maintenance_every_ticks: 50,
             wal_segments_target: 4,
             admin_timeout_ticks: 500,
+            sends_liveness: true,
+            worker: (0, 1),
         }
     }
 }
@@ -392,16 +417,21 @@ impl NodeCore {
         config: NodeConfig,
         ranges: &[RangeDescriptor],
     ) -> Result<NodeCore, NodeError> {
+        let (worker, workers) = config.worker;
+        let ours = |group: &GroupId| worker_of(*group, workers) == worker;
         let tombstones = snapshots.tombstones().map_err(NodeError::from_snapshot)?;
         let mut sources: BTreeMap<GroupId, Source> = BTreeMap::new();
-        for group in wal.groups() {
+        for group in wal.groups().into_iter().filter(ours) {
             sources.insert(group, Source::WalOnly);
         }
-        for descriptor in ranges.iter().filter(|d| d.replicas.contains(&id)) {
+        for descriptor in ranges
+            .iter()
+            .filter(|d| d.replicas.contains(&id) && ours(&d.group))
+        {
             sources.insert(descriptor.group, Source::Bootstrap(descriptor.clone()));
         }
         for group in snapshots.groups().map_err(NodeError::from_snapshot)? {
-            if tombstones.contains_key(&group) {
+            if tombstones.contains_key(&group) || !ours(&group) {
                 continue;
             }
             if let Some(loaded) = snapshots
@@ -939,10 +969,13 @@ impl NodeCore {
     /// had work; call again while it is non-zero.
     pub fn round(&mut self, out: &mut FrameBuilder) -> Result<usize, RoundError> {
         if std::mem::take(&mut self.beat_due) {
-            for &peer in self.peers.keys() {
-                out.liveness(peer, self.ticks);
+            if self.config.sends_liveness {
+                for &peer in self.peers.keys() {
+                    out.liveness(peer, self.ticks);
+                }
+                metrics::counter!("flotilla_liveness_beats_total")
+                    .increment(self.peers.len() as u64);
             }
-            metrics::counter!("flotilla_liveness_beats_total").increment(self.peers.len() as u64);
             metrics::gauge!("flotilla_awake_groups").set(self.awake.len() as f64);
             metrics::gauge!("flotilla_quiesced_groups")
                 .set(self.replicas.len().saturating_sub(self.awake.len()) as f64);

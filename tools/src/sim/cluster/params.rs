@@ -168,6 +168,8 @@ impl Params {
             wal_maintenance_every_ticks: self.wal_maintenance_every_ticks,
             wal_segments_target: 2,
             admin_timeout_ticks: 4 * self.request_timeout_ticks,
+            sends_liveness: true,
+            worker: (0, 1),
         }
     }
 
