@@ -278,8 +278,7 @@ fn a_core_sends_liveness_beats_only_if_configured_to() {
             ..NodeConfig::default()
         };
         let snapshots = Arc::new(flotilla::node::snapshots::MemSnapshotStore::new());
-        let mut core =
-            NodeCore::open(1, wal, snapshots, config, &ranges).expect("open the core");
+        let mut core = NodeCore::open(1, wal, snapshots, config, &ranges).expect("open the core");
         // One tick: far from any election timeout, so only the liveness
         // beat has reason to leave.
         core.tick();
