@@ -7,10 +7,12 @@
 //! A WAL directory holds:
 //!
 //! - `{seq:016}.wal`: a segment, `segment_bytes` long, preallocated.
-//! - `{seq:016}.spare`: a freed segment kept for reuse (recycling). Its bytes
-//!   are stale; it becomes a segment again by rewriting its header and renaming.
-//! - `{seq:016}.tmp`: a segment being created. Left over only by a crash during
-//!   creation, and deleted on open.
+//! - `{seq:016}.spare`: a freed segment kept for reuse (recycling), or a file
+//!   made ahead of time for segment `seq`. Its bytes are stale; it becomes a
+//!   segment again by renaming it to `.tmp`, rewriting its header and renaming
+//!   it into place. The sequence in the name only identifies the spare.
+//! - `{seq:016}.tmp`: segment `seq` being created (a new file or a reused
+//!   spare). Left over only by a crash during creation, and deleted on open.
 //!
 //! # Segment header (32 bytes, at offset 0)
 //!

@@ -395,7 +395,11 @@ struct Shared {
     work_cv: Condvar,
     tail: Mutex<Tail>,
     index: RwLock<Index>,
-    /// Spare segment files kept for reuse, by their old sequence.
+    /// Spare segment files kept for reuse, by the sequence in their name
+    /// (a freed segment's, or the one a spare was made ahead of time for).
+    /// Whenever the lock is free this names exactly the `.spare` files in
+    /// use: every create, rename or remove of a `.spare` name happens with
+    /// it held (see `purge::take_spare`).
     spares: Mutex<Vec<u64>>,
     purge_lock: Mutex<()>,
     /// Request to the background preparer: the sequence the next spare is

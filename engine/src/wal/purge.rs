@@ -180,8 +180,10 @@ impl Wal {
         let fs = &*shared.fs;
         let name = format::segment_file_name(seq);
         let io = |e| WalError::io(fs.path(&name), e);
+        // Held until the spare is listed: see `take_spare`.
         let mut spares = shared.spares.lock();
-        // A spare made ahead of time may already carry this name.
+        // A spare made ahead of time may already carry this name (made for
+        // segment `seq` but not used for it, or made on a stale request).
         let recycle = spares.len() < shared.config.recycle_segments_max
             && len == shared.config.segment_bytes
             && !spares.contains(&seq);
@@ -261,54 +263,80 @@ impl Wal {
     }
 }
 
-/// Makes segment `seq` ready to write: reuses spare `spare` when it has the
-/// configured size, otherwise creates a new preallocated file. Either way the
-/// header is written and synced under a name recovery ignores, then renamed
+/// Takes the most recent spare out of `spares` for segment `seq`, renaming
+/// its file to `seq`'s temporary name while the caller still holds the
+/// spare-list lock. Returns whether there was a spare (it is now that
+/// temporary file, for [`provide_segment`]).
+///
+/// Every change to a `.spare` name happens with the spare list locked:
+/// recycling (`Wal::retire_segment`), preparing ahead
+/// (`Shared::create_spare_now`) and taking (here). So whenever the lock is
+/// free, the list names exactly the spare files in use. A spare must never
+/// leave the list while its file still has the spare name: the name would
+/// look free, and the preparer (which deletes a leftover file of the name it
+/// creates) or purge (which renames a freed segment over it) would replace the
+/// file a rotation is turning into the new segment.
+pub(crate) fn take_spare(
+    fs: &dyn WalFs,
+    spares: &mut Vec<u64>,
+    seq: u64,
+) -> Result<bool, WalError> {
+    let Some(old) = spares.pop() else {
+        return Ok(false);
+    };
+    let name = format::spare_file_name(old);
+    fs.rename(&name, &format::temp_file_name(seq))
+        .map_err(|e| WalError::io(fs.path(&name), e))?;
+    Ok(true)
+}
+
+/// Makes segment `seq` ready to write: reuses the spare [`take_spare`] left
+/// as `seq`'s temporary file (`from_spare`) when it has the configured size,
+/// otherwise creates a new preallocated file under that name. Either way the
+/// header is written and synced under a name recovery deletes, then renamed
 /// into place and the directory synced, so a `.wal` file always has a valid
-/// header.
+/// header. The temporary name is only used by the thread rotating (or by
+/// recovery, before anything else runs).
 pub(crate) fn provide_segment(
     fs: &dyn WalFs,
     config: &WalConfig,
-    spare: Option<u64>,
+    from_spare: bool,
     seq: u64,
 ) -> Result<Arc<dyn SegmentFile>, WalError> {
     let name = format::segment_file_name(seq);
-    let header = format::encode_segment_header(seq);
-    let (from, file) = match spare.map(|old| reuse_spare(fs, config, old)).transpose()? {
-        Some(Some(found)) => found,
-        _ => {
-            let tmp = format::temp_file_name(seq);
-            let file = create_file(fs, config, &tmp)?;
-            (tmp, file)
-        }
+    let tmp = format::temp_file_name(seq);
+    let reused = if from_spare {
+        reuse_spare(fs, config, &tmp)?
+    } else {
+        None
     };
+    let file = match reused {
+        Some(file) => file,
+        None => create_file(fs, config, &tmp)?,
+    };
+    let header = format::encode_segment_header(seq);
     let io = |e| WalError::io(fs.path(&name), e);
     file.write_at(0, &header).map_err(io)?;
     file.sync_data().map_err(io)?;
-    fs.rename(&from, &name).map_err(io)?;
+    fs.rename(&tmp, &name).map_err(io)?;
     fs.sync_dir().map_err(io)?;
     Ok(file)
 }
 
-/// A file and the name it has now.
-type NamedFile = (String, Arc<dyn SegmentFile>);
-
-/// Opens spare `old` if it can be reused; deletes it if it has the wrong size.
+/// Opens the taken spare, now named `name`, if it can be reused; deletes it
+/// if it has the wrong size.
 fn reuse_spare(
     fs: &dyn WalFs,
     config: &WalConfig,
-    old: u64,
-) -> Result<Option<NamedFile>, WalError> {
-    let name = format::spare_file_name(old);
-    let file = fs
-        .open(&name)
-        .map_err(|e| WalError::io(fs.path(&name), e))?;
+    name: &str,
+) -> Result<Option<Arc<dyn SegmentFile>>, WalError> {
+    let io = |e| WalError::io(fs.path(name), e);
+    let file = fs.open(name).map_err(io)?;
     if file.size_bytes() == config.segment_bytes {
-        return Ok(Some((name, file)));
+        return Ok(Some(file));
     }
     drop(file);
-    fs.remove(&name)
-        .map_err(|e| WalError::io(fs.path(&name), e))?;
+    fs.remove(name).map_err(io)?;
     Ok(None)
 }
 

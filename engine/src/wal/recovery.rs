@@ -95,7 +95,8 @@ pub(crate) fn recover(fs: &Arc<dyn WalFs>, config: &WalConfig) -> Result<Recover
     fs.sync_dir().map_err(dir_err)?;
     let mut index = Index::new(config.cache_bytes_max);
     let Some(&last_seq) = segments.last() else {
-        let file = purge::provide_segment(fs, config, spares.pop(), 1)?;
+        let from_spare = purge::take_spare(fs, &mut spares, 1)?;
+        let file = purge::provide_segment(fs, config, from_spare, 1)?;
         index.segments.insert(1, Arc::clone(&file));
         index.active_seq = 1;
         let tail = Tail {

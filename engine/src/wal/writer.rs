@@ -503,8 +503,8 @@ impl Shared {
         // Sealed and synced: its pages can go back to the kernel for reuse.
         self.release_cache_of(Arc::clone(&tail.file));
         let seq = tail.seq + 1;
-        let spare = self.spares.lock().pop();
-        let file = purge::provide_segment(&*self.fs, &self.config, spare, seq)?;
+        let from_spare = purge::take_spare(&*self.fs, &mut self.spares.lock(), seq)?;
+        let file = purge::provide_segment(&*self.fs, &self.config, from_spare, seq)?;
         {
             let mut index = self.index.write();
             index.segments.insert(seq, Arc::clone(&file));
@@ -546,6 +546,14 @@ impl Shared {
     /// Creates spare `seq` unless a spare already exists. A failure is not an
     /// error of any append: rotation creates the file itself and reports the
     /// problem if it persists.
+    ///
+    /// The request may be stale: a round can see no spare, then ask for one
+    /// after the preparer has made it, and by the time the preparer gets
+    /// here a rotation may have taken that spare. Then this makes the spare
+    /// for the rotation after, named after a segment that now exists. That
+    /// is harmless: a spare's name only identifies it (`retire_segment`
+    /// checks for the clash), and a taken spare no longer has a `.spare`
+    /// name (see `purge::take_spare`), so nothing here can touch it.
     fn create_spare_now(&self, seq: u64) {
         let mut spares = self.spares.lock();
         if spares.is_empty() && purge::create_spare(&*self.fs, &self.config, seq).is_ok() {
@@ -736,4 +744,186 @@ fn restate_items(
         }
     }
     Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+    use std::io;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
+
+    use crate::wal::file::{ReadView, SegmentFile, WalFs};
+    use crate::wal::format;
+    use crate::wal::sim_fs::SimFs;
+    use crate::wal::{LogEntry, Wal, WalConfig, WriteBatch};
+
+    type Hook = Mutex<Option<Box<dyn FnOnce() + Send>>>;
+
+    /// [`SimFs`] that runs a hook (once) just before the next segment header
+    /// is written: a rotation has its new segment's file and has not yet
+    /// renamed it into place.
+    struct HookFs {
+        inner: SimFs,
+        hook: Arc<Hook>,
+    }
+
+    struct HookFile {
+        inner: Arc<dyn SegmentFile>,
+        hook: Arc<Hook>,
+    }
+
+    impl fmt::Debug for HookFs {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("HookFs")
+        }
+    }
+
+    impl fmt::Debug for HookFile {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("HookFile")
+        }
+    }
+
+    impl HookFs {
+        fn wrap(&self, inner: Arc<dyn SegmentFile>) -> Arc<dyn SegmentFile> {
+            Arc::new(HookFile {
+                inner,
+                hook: Arc::clone(&self.hook),
+            })
+        }
+    }
+
+    impl WalFs for HookFs {
+        fn list(&self) -> io::Result<Vec<String>> {
+            self.inner.list()
+        }
+        fn create(&self, name: &str, len: u64) -> io::Result<Arc<dyn SegmentFile>> {
+            self.inner.create(name, len).map(|f| self.wrap(f))
+        }
+        fn open(&self, name: &str) -> io::Result<Arc<dyn SegmentFile>> {
+            self.inner.open(name).map(|f| self.wrap(f))
+        }
+        fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+            self.inner.rename(from, to)
+        }
+        fn remove(&self, name: &str) -> io::Result<()> {
+            self.inner.remove(name)
+        }
+        fn sync_dir(&self) -> io::Result<()> {
+            self.inner.sync_dir()
+        }
+        fn available_bytes(&self) -> io::Result<u64> {
+            self.inner.available_bytes()
+        }
+        fn path(&self, name: &str) -> PathBuf {
+            self.inner.path(name)
+        }
+    }
+
+    impl SegmentFile for HookFile {
+        fn size_bytes(&self) -> u64 {
+            self.inner.size_bytes()
+        }
+        fn write_at(&self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+            if offset == 0 && bytes.len() == format::SEGMENT_HEADER_BYTES {
+                let hook = self.hook.lock().take();
+                if let Some(hook) = hook {
+                    hook();
+                }
+            }
+            self.inner.write_at(offset, bytes)
+        }
+        fn read_at(&self, offset: u64, len: usize) -> io::Result<ReadView> {
+            self.inner.read_at(offset, len)
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            self.inner.sync_data()
+        }
+    }
+
+    fn entry(index: u64) -> LogEntry {
+        LogEntry {
+            index,
+            term: 1,
+            kind: 0,
+            data: vec![index as u8; 6000],
+        }
+    }
+
+    fn spare_files(fs: &SimFs) -> Vec<String> {
+        let names = fs.list().unwrap().into_iter();
+        names.filter(|n| n.ends_with(".spare")).collect()
+    }
+
+    /// Regression: a round saw no spare and asked the preparer for spare `n`
+    /// just after the preparer had made it; a rotation then took `{n}.spare`,
+    /// and the preparer, serving the second request while the rotation was
+    /// reusing the file, found the list empty, took the file for a leftover,
+    /// deleted it and made a new one. The rotation renamed the new, headerless
+    /// file into place while writing to the deleted one, and the list named a
+    /// spare whose file the rotation had renamed away (`{n}.spare: NotFound`
+    /// at the next rotation). Here the preparer's step runs at the moment
+    /// the rotation writes the new segment's header.
+    #[test]
+    fn a_stale_prepare_request_leaves_a_spare_being_reused_alone() {
+        let fs = SimFs::new(3);
+        let hook: Arc<Hook> = Arc::default();
+        let config = WalConfig {
+            segment_bytes: 64 << 10,
+            cache_bytes_max: 0,
+            zero_fill_segments: false,
+            prepare_in_background: false,
+            ..WalConfig::default()
+        };
+        let hook_fs = HookFs {
+            inner: fs.clone(),
+            hook: Arc::clone(&hook),
+        };
+        let wal = Wal::open_with_fs(Arc::new(hook_fs), config.clone()).unwrap();
+        let mut next = 1;
+        let mut append = || {
+            let mut b = WriteBatch::new();
+            b.add_entries(1, vec![entry(next)]);
+            wal.append(b).unwrap();
+            next += 1;
+        };
+
+        // Segment 1 is half full: spare 2 is made for the rotation into 2.
+        while wal.spare_count() == 0 {
+            append();
+        }
+        assert_eq!(spare_files(&fs), ["0000000000000002.spare"]);
+
+        // The rotation into 2 takes spare 2 while the preparer serves a
+        // second request for it.
+        let shared = Arc::downgrade(&wal.shared);
+        *hook.lock() = Some(Box::new(move || {
+            shared.upgrade().unwrap().create_spare_now(2);
+        }));
+        while wal.stats().rotations == 0 {
+            append();
+        }
+        assert!(hook.lock().is_none(), "the rotation wrote no header");
+        assert_eq!(
+            spare_files(&fs).len(),
+            wal.spare_count(),
+            "spare list and spare files disagree: {:?}",
+            spare_files(&fs)
+        );
+
+        // Rotate on (taking the spare made meanwhile), then recover.
+        while wal.stats().rotations < 3 {
+            append();
+        }
+        let last = next - 1;
+        drop(wal);
+        let wal = Wal::open_with_fs(Arc::new(fs), config).unwrap();
+        assert_eq!(wal.last_index(1), last);
+        for e in wal.entries(1, 1, last + 1, u64::MAX).unwrap() {
+            assert_eq!(e, entry(e.index));
+        }
+    }
 }
