@@ -107,6 +107,16 @@ fn check_key(key: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
+fn check_scan(start: &[u8], end: Option<&[u8]>) -> Result<(), Error> {
+    check_key(start)?;
+    if end.is_some_and(|end| end < start) {
+        return Err(Error::InvalidArgument(format!(
+            "scan end {end:?} is before its start {start:?}"
+        )));
+    }
+    Ok(())
+}
+
 fn check_value(value: &[u8]) -> Result<(), Error> {
     if value.len() > MAX_VALUE_BYTES {
         return Err(Error::InvalidArgument(format!(
@@ -264,10 +274,7 @@ impl Db {
     /// The value of `key` (linearizable).
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         check_key(key)?;
-        match self.call(key, Request::Get { key: key.to_vec() }).await? {
-            Response::Value(value) => Ok(value),
-            other => Err(Error::Io(format!("unexpected response {other:?}"))),
-        }
+        value_of(self.call(key, Request::Get { key: key.to_vec() }).await?)
     }
 
     /// Up to `limit` pairs with keys in `[start, end)`, in key order, from
@@ -279,21 +286,13 @@ impl Db {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>, Error> {
-        check_key(start)?;
-        if end.is_some_and(|end| end < start) {
-            return Err(Error::InvalidArgument(format!(
-                "scan end {end:?} is before its start {start:?}"
-            )));
-        }
+        check_scan(start, end)?;
         let request = Request::Scan {
             start: start.to_vec(),
             end: end.map(<[u8]>::to_vec),
             limit,
         };
-        match self.call(start, request).await? {
-            Response::Rows(rows) => Ok(rows),
-            other => Err(Error::Io(format!("unexpected response {other:?}"))),
-        }
+        rows_of(self.call(start, request).await?)
     }
 
     /// The value of `key` in this node's replica, without asking the
@@ -301,13 +300,10 @@ impl Db {
     /// is always a value that was committed at some point).
     pub async fn get_stale(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         check_key(key)?;
-        match self
-            .call(key, Request::StaleGet { key: key.to_vec() })
-            .await?
-        {
-            Response::Value(value) => Ok(value),
-            other => Err(Error::Io(format!("unexpected response {other:?}"))),
-        }
+        value_of(
+            self.call(key, Request::StaleGet { key: key.to_vec() })
+                .await?,
+        )
     }
 
     /// [`Db::scan`] over this node's replica, possibly stale; see
@@ -318,21 +314,13 @@ impl Db {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>, Error> {
-        check_key(start)?;
-        if end.is_some_and(|end| end < start) {
-            return Err(Error::InvalidArgument(format!(
-                "scan end {end:?} is before its start {start:?}"
-            )));
-        }
+        check_scan(start, end)?;
         let request = Request::StaleScan {
             start: start.to_vec(),
             end: end.map(<[u8]>::to_vec),
             limit,
         };
-        match self.call(start, request).await? {
-            Response::Rows(rows) => Ok(rows),
-            other => Err(Error::Io(format!("unexpected response {other:?}"))),
-        }
+        rows_of(self.call(start, request).await?)
     }
 
     /// The ranges this handle routes by (the bootstrap layout).
@@ -373,6 +361,20 @@ impl Db {
     /// A blocking facade over this handle.
     pub fn blocking(&self) -> BlockingDb {
         BlockingDb { db: self.clone() }
+    }
+}
+
+fn value_of(response: Response) -> Result<Option<Vec<u8>>, Error> {
+    match response {
+        Response::Value(value) => Ok(value),
+        other => Err(Error::Io(format!("unexpected response {other:?}"))),
+    }
+}
+
+fn rows_of(response: Response) -> Result<Vec<KeyValue>, Error> {
+    match response {
+        Response::Rows(rows) => Ok(rows),
+        other => Err(Error::Io(format!("unexpected response {other:?}"))),
     }
 }
 

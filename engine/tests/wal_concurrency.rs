@@ -1,16 +1,11 @@
 //! Many threads appending at once: each append returns only when durable,
 //! syncs are shared, and a crash in the middle keeps every acknowledged batch.
 
-use std::io;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use flotilla::wal::format::SEGMENT_HEADER_BYTES;
 use flotilla::wal::sim_fs::SimFs;
-use flotilla::wal::{
-    LogEntry, ReadView, SegmentFile, SyncMode, Wal, WalConfig, WalError, WalFs, WriteBatch,
-};
+use flotilla::wal::{LogEntry, SyncMode, Wal, WalConfig, WalError, WalFs, WriteBatch};
 
 const THREADS: u64 = 8;
 
@@ -310,79 +305,6 @@ impl HeaderGate {
     }
 }
 
-/// [`SimFs`] with a [`HeaderGate`] on every file.
-#[derive(Debug)]
-struct GatedFs {
-    inner: SimFs,
-    gate: Arc<HeaderGate>,
-}
-
-#[derive(Debug)]
-struct GatedFile {
-    inner: Arc<dyn SegmentFile>,
-    gate: Arc<HeaderGate>,
-}
-
-impl GatedFs {
-    fn wrap(&self, file: Arc<dyn SegmentFile>) -> Arc<dyn SegmentFile> {
-        Arc::new(GatedFile {
-            inner: file,
-            gate: Arc::clone(&self.gate),
-        })
-    }
-}
-
-impl WalFs for GatedFs {
-    fn list(&self) -> io::Result<Vec<String>> {
-        self.inner.list()
-    }
-    fn create(&self, name: &str, len: u64) -> io::Result<Arc<dyn SegmentFile>> {
-        self.inner.create(name, len).map(|f| self.wrap(f))
-    }
-    fn open(&self, name: &str) -> io::Result<Arc<dyn SegmentFile>> {
-        self.inner.open(name).map(|f| self.wrap(f))
-    }
-    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn remove(&self, name: &str) -> io::Result<()> {
-        self.inner.remove(name)
-    }
-    fn sync_dir(&self) -> io::Result<()> {
-        self.inner.sync_dir()
-    }
-    fn available_bytes(&self) -> io::Result<u64> {
-        self.inner.available_bytes()
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.inner.path(name)
-    }
-}
-
-impl SegmentFile for GatedFile {
-    fn size_bytes(&self) -> u64 {
-        self.inner.size_bytes()
-    }
-    fn write_at(&self, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        if offset == 0 && bytes.len() == SEGMENT_HEADER_BYTES {
-            self.gate.pass();
-        }
-        self.inner.write_at(offset, bytes)
-    }
-    fn write_vectored_at(&self, offset: u64, parts: &[&[u8]]) -> io::Result<()> {
-        self.inner.write_vectored_at(offset, parts)
-    }
-    fn read_at(&self, offset: u64, len: usize) -> io::Result<ReadView> {
-        self.inner.read_at(offset, len)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        self.inner.sync_data()
-    }
-    fn release_cache(&self) {
-        self.inner.release_cache()
-    }
-}
-
 /// One group's writer: large entries, so a segment fills in a few appends.
 struct GroupWriter<'a> {
     wal: &'a Wal,
@@ -447,11 +369,9 @@ fn purge_recycling_while_a_rotation_takes_a_spare_keeps_list_and_files_in_step()
         prepare_in_background: false,
         ..WalConfig::default()
     };
-    let gated = GatedFs {
-        inner: fs.clone(),
-        gate: Arc::clone(&gate),
-    };
-    let wal = Wal::open_with_fs(Arc::new(gated), config.clone()).unwrap();
+    let held = Arc::clone(&gate);
+    fs.set_header_write_hook(Some(Arc::new(move || held.pass())));
+    let wal = Wal::open_with_fs(Arc::new(fs.clone()), config.clone()).unwrap();
     let rotations = |n: u64| move |wal: &Wal| wal.stats().rotations == n;
     let mut w = GroupWriter {
         wal: &wal,

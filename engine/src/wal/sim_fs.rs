@@ -106,10 +106,28 @@ pub struct SimFsStats {
     pub used_bytes: u64,
 }
 
+/// A test's hook on segment header writes; see
+/// [`SimFs::set_header_write_hook`].
+pub type HeaderWriteHook = Arc<dyn Fn() + Send + Sync>;
+
+#[derive(Clone, Default)]
+struct HookSlot(Arc<Mutex<Option<HeaderWriteHook>>>);
+
+impl std::fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.lock().is_some() {
+            "HookSlot(set)"
+        } else {
+            "HookSlot(empty)"
+        })
+    }
+}
+
 /// The simulated file layer. Cloning shares the same simulated disk.
 #[derive(Clone, Debug)]
 pub struct SimFs {
     state: Arc<Mutex<SimState>>,
+    header_hook: HookSlot,
 }
 
 impl SimFs {
@@ -131,7 +149,17 @@ impl SimFs {
                 tear_percent: 0,
                 capacity_bytes: None,
             })),
+            header_hook: HookSlot::default(),
         }
+    }
+
+    /// Runs `hook` before every write of a segment header (a write at
+    /// offset 0 of exactly [`crate::wal::format::SEGMENT_HEADER_BYTES`]),
+    /// outside the disk's lock: at that moment a rotation owns its new
+    /// segment's file and has not renamed it into place, so a test can hold
+    /// it there while other threads run. `None` removes the hook.
+    pub fn set_header_write_hook(&self, hook: Option<HeaderWriteHook>) {
+        *self.header_hook.0.lock() = hook;
     }
 
     /// With probability `percent`/100 a crash tears the last unsynced write.
@@ -381,6 +409,12 @@ impl SegmentFile for SimSegment {
     }
 
     fn write_at(&self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        if offset == 0 && bytes.len() == crate::wal::format::SEGMENT_HEADER_BYTES {
+            let hook = self.fs.header_hook.0.lock().clone();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
         let mut s = self.fs.state.lock();
         self.check_epoch(&s)?;
         s.begin_op("write")?;

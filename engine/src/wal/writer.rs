@@ -748,101 +748,15 @@ fn restate_items(
 
 #[cfg(test)]
 mod tests {
-    use std::fmt;
-    use std::io;
-    use std::path::PathBuf;
     use std::sync::Arc;
 
     use parking_lot::Mutex;
 
-    use crate::wal::file::{ReadView, SegmentFile, WalFs};
-    use crate::wal::format;
+    use crate::wal::file::WalFs;
     use crate::wal::sim_fs::SimFs;
     use crate::wal::{LogEntry, Wal, WalConfig, WriteBatch};
 
-    type Hook = Mutex<Option<Box<dyn FnOnce() + Send>>>;
-
-    /// [`SimFs`] that runs a hook (once) just before the next segment header
-    /// is written: a rotation has its new segment's file and has not yet
-    /// renamed it into place.
-    struct HookFs {
-        inner: SimFs,
-        hook: Arc<Hook>,
-    }
-
-    struct HookFile {
-        inner: Arc<dyn SegmentFile>,
-        hook: Arc<Hook>,
-    }
-
-    impl fmt::Debug for HookFs {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("HookFs")
-        }
-    }
-
-    impl fmt::Debug for HookFile {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("HookFile")
-        }
-    }
-
-    impl HookFs {
-        fn wrap(&self, inner: Arc<dyn SegmentFile>) -> Arc<dyn SegmentFile> {
-            Arc::new(HookFile {
-                inner,
-                hook: Arc::clone(&self.hook),
-            })
-        }
-    }
-
-    impl WalFs for HookFs {
-        fn list(&self) -> io::Result<Vec<String>> {
-            self.inner.list()
-        }
-        fn create(&self, name: &str, len: u64) -> io::Result<Arc<dyn SegmentFile>> {
-            self.inner.create(name, len).map(|f| self.wrap(f))
-        }
-        fn open(&self, name: &str) -> io::Result<Arc<dyn SegmentFile>> {
-            self.inner.open(name).map(|f| self.wrap(f))
-        }
-        fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-            self.inner.rename(from, to)
-        }
-        fn remove(&self, name: &str) -> io::Result<()> {
-            self.inner.remove(name)
-        }
-        fn sync_dir(&self) -> io::Result<()> {
-            self.inner.sync_dir()
-        }
-        fn available_bytes(&self) -> io::Result<u64> {
-            self.inner.available_bytes()
-        }
-        fn path(&self, name: &str) -> PathBuf {
-            self.inner.path(name)
-        }
-    }
-
-    impl SegmentFile for HookFile {
-        fn size_bytes(&self) -> u64 {
-            self.inner.size_bytes()
-        }
-        fn write_at(&self, offset: u64, bytes: &[u8]) -> io::Result<()> {
-            if offset == 0 && bytes.len() == format::SEGMENT_HEADER_BYTES {
-                let hook = self.hook.lock().take();
-                if let Some(hook) = hook {
-                    hook();
-                }
-            }
-            self.inner.write_at(offset, bytes)
-        }
-        fn read_at(&self, offset: u64, len: usize) -> io::Result<ReadView> {
-            self.inner.read_at(offset, len)
-        }
-        fn sync_data(&self) -> io::Result<()> {
-            self.inner.sync_data()
-        }
-    }
+    type OnceHook = Box<dyn FnOnce() + Send>;
 
     fn entry(index: u64) -> LogEntry {
         LogEntry {
@@ -870,7 +784,8 @@ mod tests {
     #[test]
     fn a_stale_prepare_request_leaves_a_spare_being_reused_alone() {
         let fs = SimFs::new(3);
-        let hook: Arc<Hook> = Arc::default();
+        // Runs once, at the next segment header write.
+        let hook: Arc<Mutex<Option<OnceHook>>> = Arc::default();
         let config = WalConfig {
             segment_bytes: 64 << 10,
             cache_bytes_max: 0,
@@ -878,11 +793,14 @@ mod tests {
             prepare_in_background: false,
             ..WalConfig::default()
         };
-        let hook_fs = HookFs {
-            inner: fs.clone(),
-            hook: Arc::clone(&hook),
-        };
-        let wal = Wal::open_with_fs(Arc::new(hook_fs), config.clone()).unwrap();
+        let pending = Arc::clone(&hook);
+        fs.set_header_write_hook(Some(Arc::new(move || {
+            let once = pending.lock().take();
+            if let Some(once) = once {
+                once();
+            }
+        })));
+        let wal = Wal::open_with_fs(Arc::new(fs.clone()), config.clone()).unwrap();
         let mut next = 1;
         let mut append = || {
             let mut b = WriteBatch::new();
@@ -920,6 +838,7 @@ mod tests {
         }
         let last = next - 1;
         drop(wal);
+        fs.set_header_write_hook(None);
         let wal = Wal::open_with_fs(Arc::new(fs), config).unwrap();
         assert_eq!(wal.last_index(1), last);
         for e in wal.entries(1, 1, last + 1, u64::MAX).unwrap() {
