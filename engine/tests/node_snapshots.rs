@@ -2,9 +2,11 @@
 //! compacts its log behind snapshots, a replica added on a fourth node is
 //! created on first contact and brought up by a chunked snapshot, then
 //! promoted to voter; a replica is removed; the new replica restarts from
-//! its snapshot plus the WAL with every value.
+//! its snapshot plus the WAL with every value. Replica garbage collection:
+//! a replica removed while cut off is destroyed once it can hear again,
+//! and a leader that removes itself survives until it has handed over.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use flotilla::node::snapshots::DirSnapshotStore;
@@ -47,7 +49,14 @@ struct Cluster {
     ranges: Vec<RangeDescriptor>,
     results: BTreeMap<u64, Result<Response, NodeError>>,
     chunks_sent: usize,
+    /// Nodes cut off from every other: their frames, both ways, are lost.
+    cut: BTreeSet<u64>,
+    /// Checked after each step's rounds, before its frames are delivered:
+    /// the node it names is cut off from then on (and the rule dropped).
+    cut_when: Option<CutRule>,
 }
+
+type CutRule = Box<dyn FnMut(&BTreeMap<u64, NodeCore>) -> Option<u64>>;
 
 impl Cluster {
     fn new() -> Self {
@@ -63,6 +72,8 @@ impl Cluster {
             ranges,
             results: BTreeMap::new(),
             chunks_sent: 0,
+            cut: BTreeSet::new(),
+            cut_when: None,
         };
         // Node 4 hosts nothing at bootstrap.
         for id in 1..=4 {
@@ -91,12 +102,39 @@ impl Cluster {
                 self.results.insert(id, result);
             }
         }
+        if let Some(rule) = &mut self.cut_when {
+            if let Some(node) = rule(&self.cores) {
+                self.cut.insert(node);
+                self.cut_when = None;
+            }
+        }
         for frame in frames {
+            if self.cut.contains(&frame.from) || self.cut.contains(&frame.to) {
+                continue;
+            }
             self.chunks_sent += frame.snapshot_chunks.len();
             if let Some(core) = self.cores.get_mut(&frame.to) {
                 core.receive(frame);
             }
         }
+    }
+
+    fn steps(&mut self, count: usize) {
+        for _ in 0..count {
+            self.step();
+        }
+    }
+
+    fn write(&mut self, node: u64, i: u32) -> Result<Response, NodeError> {
+        let command = Command::Put {
+            key: format!("key{i:03}").into_bytes(),
+            value: vec![i as u8; 100],
+        };
+        self.call(node, Request::Write(command))
+    }
+
+    fn hosts(&self, node: u64) -> bool {
+        self.cores[&node].range(GROUP).is_some()
     }
 
     fn leader(&self) -> Option<u64> {
@@ -232,4 +270,99 @@ fn membership_requests_check_their_arguments() {
     let moved = cluster.call(leader, Request::TransferLeader { target: follower });
     assert_eq!(moved, Ok(Response::Done));
     assert_eq!(cluster.leader(), Some(follower));
+}
+
+#[test]
+fn a_replica_removed_while_cut_off_is_collected_once_it_hears_again() {
+    let mut cluster = Cluster::new();
+    let leader = cluster.wait_leader();
+    for i in 0..20 {
+        assert!(cluster.write(leader, i).is_ok());
+    }
+    let victim = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.cut.insert(victim);
+    let removed = cluster.call(
+        leader,
+        Request::ChangeReplicas(ReplicaChange::Remove(victim)),
+    );
+    assert_eq!(removed, Ok(Response::Done));
+    cluster.steps(200);
+    // Cut off, it cannot know: it keeps its replica (and campaigns).
+    assert!(cluster.hosts(victim));
+    assert!(cluster.cores[&victim]
+        .conf_state(GROUP)
+        .unwrap()
+        .voters
+        .contains(&victim));
+
+    cluster.cut.clear();
+    cluster.steps(200);
+    assert!(
+        !cluster.hosts(victim),
+        "{}",
+        cluster.cores[&victim].describe_group(GROUP)
+    );
+    // The group carries on without it, and nothing recreates it.
+    let leader = cluster.wait_leader();
+    assert!(cluster.write(leader, 20).is_ok());
+    cluster.steps(50);
+    assert!(!cluster.hosts(victim));
+}
+
+#[test]
+fn a_leader_removing_itself_is_kept_until_it_has_handed_over() {
+    let mut cluster = Cluster::new();
+    let old_leader = cluster.wait_leader();
+    for i in 0..20 {
+        assert!(cluster.write(old_leader, i).is_ok());
+    }
+    // Cut the leader off the moment it applies its own removal, before the
+    // others can learn that the change committed: they are still in the
+    // joint configuration and need its vote.
+    cluster.cut_when = Some(Box::new(move |cores: &BTreeMap<u64, NodeCore>| {
+        let conf = cores[&old_leader].conf_state(GROUP)?;
+        let member = conf
+            .voters
+            .iter()
+            .chain(&conf.voters_outgoing)
+            .any(|&v| v == old_leader);
+        (!member).then_some(old_leader)
+    }));
+    let id = cluster.cores.get_mut(&old_leader).unwrap().submit(
+        GROUP,
+        Request::ChangeReplicas(ReplicaChange::Remove(old_leader)),
+    );
+    cluster.steps(300);
+    assert!(
+        cluster.cut.contains(&old_leader),
+        "the removal never applied"
+    );
+    // However long it is cut off, it must not destroy itself yet.
+    assert!(
+        cluster.hosts(old_leader),
+        "destroyed before handing over: {}",
+        cluster.cores[&old_leader].describe_group(GROUP)
+    );
+
+    cluster.cut.clear();
+    cluster.steps(300);
+    assert!(
+        !cluster.hosts(old_leader),
+        "{}",
+        cluster.cores[&old_leader].describe_group(GROUP)
+    );
+    let leader = cluster.wait_leader();
+    assert_ne!(leader, old_leader);
+    assert!(cluster.write(leader, 20).is_ok());
+    for i in 0..21 {
+        let read = cluster.call(
+            leader,
+            Request::Get {
+                key: format!("key{i:03}").into_bytes(),
+            },
+        );
+        assert_eq!(read, Ok(Response::Value(Some(vec![i as u8; 100]))));
+    }
+    // The request itself ended, one way or another.
+    assert!(cluster.results.contains_key(&id));
 }

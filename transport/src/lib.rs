@@ -83,6 +83,20 @@ pub struct SnapshotChunk {
     pub chunk: Vec<u8>,
 }
 
+/// A member's answer to a message from a node that is not a member of the
+/// group: as of the committed entry `index` (of term `term`), which the
+/// sender has applied, the receiver's replica belongs to no configuration
+/// of the group. A replica removed while it was cut off never applies its
+/// own removal and would campaign forever; this notice lets it destroy
+/// itself (the engine decides whether the notice still holds for it).
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RemovedNotice {
+    pub group: GroupId,
+    pub index: u64,
+    pub term: u64,
+}
+
 /// Everything one node sends another in one round.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
@@ -96,6 +110,15 @@ pub struct Frame {
     /// Snapshot chunks, in sending order (a transfer spans several rounds,
     /// a bounded number of chunks per round).
     pub snapshot_chunks: Vec<SnapshotChunk>,
+    /// Replica garbage collection notices, for groups whose configuration
+    /// no longer includes the receiver.
+    pub removed_notices: Vec<RemovedNotice>,
+    /// Groups whose replica on the sender asks whether it is still a
+    /// member: sent by a replica that has heard from no leader for a while
+    /// or that saw its own removal. A voter whose configuration excludes
+    /// the sender answers with a [`RemovedNotice`]; a member needs no
+    /// answer (its leader will reach it).
+    pub replica_probes: Vec<GroupId>,
 }
 
 impl Frame {
@@ -108,6 +131,8 @@ impl Frame {
             heartbeat: None,
             payloads: Vec::new(),
             snapshot_chunks: Vec::new(),
+            removed_notices: Vec::new(),
+            replica_probes: Vec::new(),
         }
     }
 
@@ -117,14 +142,20 @@ impl Frame {
             && self.heartbeat.is_none()
             && self.payloads.is_empty()
             && self.snapshot_chunks.is_empty()
+            && self.removed_notices.is_empty()
+            && self.replica_probes.is_empty()
     }
 
     /// Whether the frame carries nothing but a liveness beat: no Raft
-    /// message, no coalesced group heartbeat or answer, no payload. Such a
-    /// frame only tells the receiver that the sender is alive.
+    /// message, no coalesced group heartbeat or answer, no payload, no
+    /// snapshot chunk, no notice or probe. Such a frame only tells the receiver that
+    /// the sender is alive.
     pub fn is_liveness_only(&self) -> bool {
         self.messages.is_empty()
             && self.payloads.is_empty()
+            && self.snapshot_chunks.is_empty()
+            && self.removed_notices.is_empty()
+            && self.replica_probes.is_empty()
             && self
                 .heartbeat
                 .as_ref()
@@ -133,8 +164,9 @@ impl Frame {
 
     /// Splits the frame into `parts` frames, one per owner of its groups,
     /// for a node whose groups are divided among several workers: every
-    /// Raft message and every coalesced [`GroupBeat`] and [`GroupBeatAck`]
-    /// goes to part `owner(group) % parts`. If the frame carries a
+    /// Raft message, snapshot chunk, removal notice, probe and every coalesced
+    /// [`GroupBeat`] and [`GroupBeatAck`] goes to part
+    /// `owner(group) % parts`. If the frame carries a
     /// [`Heartbeat`], every part gets one with the same `tick` (the liveness
     /// of the sender concerns every worker, each tracking its peers itself);
     /// the opaque payloads go to part 0. Contents are moved, never cloned.
@@ -160,6 +192,8 @@ impl Frame {
             heartbeat,
             payloads,
             snapshot_chunks,
+            removed_notices,
+            replica_probes,
         } = self;
         let mut split: Vec<Frame> = (0..parts).map(|_| Frame::new(from, to)).collect();
         for message in messages {
@@ -169,6 +203,14 @@ impl Frame {
             split[owner(chunk.group) % parts]
                 .snapshot_chunks
                 .push(chunk);
+        }
+        for notice in removed_notices {
+            split[owner(notice.group) % parts]
+                .removed_notices
+                .push(notice);
+        }
+        for group in replica_probes {
+            split[owner(group) % parts].replica_probes.push(group);
         }
         if let Some(heartbeat) = heartbeat {
             for part in &mut split {
@@ -347,6 +389,17 @@ impl FrameBuilder {
         self.frame(to).snapshot_chunks.push(chunk);
     }
 
+    /// Adds a replica garbage collection notice for node `to`.
+    pub fn push_removed_notice(&mut self, to: NodeId, notice: RemovedNotice) {
+        self.frame(to).removed_notices.push(notice);
+    }
+
+    /// Asks node `to` whether this node's replica of `group` is still a
+    /// member.
+    pub fn push_replica_probe(&mut self, to: NodeId, group: GroupId) {
+        self.frame(to).replica_probes.push(group);
+    }
+
     /// The frames, one per destination.
     pub fn finish(self) -> impl Iterator<Item = Frame> {
         self.frames.into_values().filter(|f| !f.is_empty())
@@ -403,6 +456,61 @@ mod tests {
         frame.heartbeat = Some(heartbeat);
         frame.payloads.push(b"forwarded".to_vec());
         frame
+    }
+
+    #[test]
+    fn chunks_notices_and_probes_go_to_their_owners_and_are_never_liveness_only() {
+        let parts = 3;
+        let mut frame = Frame::new(1, 2);
+        frame.heartbeat = Some(Heartbeat {
+            tick: 4,
+            ..Heartbeat::default()
+        });
+        for group in 1..20 {
+            frame.snapshot_chunks.push(SnapshotChunk {
+                group,
+                term: 2,
+                chunk: vec![group as u8; 3],
+            });
+            frame.removed_notices.push(RemovedNotice {
+                group,
+                index: group * 10,
+                term: 2,
+            });
+            frame.replica_probes.push(group);
+        }
+        assert!(!frame.is_liveness_only(), "chunks are not a bare beat");
+        for (index, part) in frame.split_by(parts, owner).into_iter().enumerate() {
+            let part = part.unwrap_or_else(|| panic!("part {index} is missing"));
+            for chunk in &part.snapshot_chunks {
+                assert_eq!(owner(chunk.group) % parts, index);
+            }
+            for notice in &part.removed_notices {
+                assert_eq!(owner(notice.group) % parts, index);
+                assert_eq!(notice.index, notice.group * 10);
+            }
+            for &group in &part.replica_probes {
+                assert_eq!(owner(group) % parts, index);
+            }
+            assert_eq!(
+                (part.snapshot_chunks.len(), part.removed_notices.len()),
+                (part.replica_probes.len(), part.replica_probes.len()),
+                "part {index}"
+            );
+        }
+        let mut notice_only = Frame::new(1, 2);
+        notice_only.removed_notices.push(RemovedNotice {
+            group: 1,
+            index: 1,
+            term: 1,
+        });
+        assert!(!notice_only.is_empty());
+        notice_only.heartbeat = Some(Heartbeat::default());
+        assert!(!notice_only.is_liveness_only());
+        let mut probe_only = Frame::new(1, 2);
+        probe_only.replica_probes.push(3);
+        probe_only.heartbeat = Some(Heartbeat::default());
+        assert!(!probe_only.is_empty() && !probe_only.is_liveness_only());
     }
 
     fn owner(group: GroupId) -> usize {

@@ -7,7 +7,7 @@ use flotilla_raftgroup::{
     ConfChange, ConfState, Config, EntryKind, Error as RaftError, Message, MessageBody, Proposed,
     RawNode, Ready, Role, Snapshot, SnapshotMeta, NO_NODE,
 };
-use flotilla_transport::{Frame, FrameBuilder, GroupId, NodeId};
+use flotilla_transport::{Frame, FrameBuilder, GroupId, NodeId, RemovedNotice};
 
 use super::snapshots::{ReplicaMeta, SnapshotStore};
 use crate::group_log::GroupLog;
@@ -17,6 +17,7 @@ use crate::range::{
 use crate::wal::{Wal, WalError, WriteBatch};
 
 mod admin;
+mod gc;
 mod transfer;
 
 use self::admin::AdminOp;
@@ -286,6 +287,20 @@ struct Replica {
     /// destroyed a little later, so that it can still tell the others what
     /// it knows (commit index, leadership hand-off).
     removed_at_tick: Option<u64>,
+    /// A member told this replica that it belongs to no configuration of
+    /// the group any more (see [`gc`]): it is destroyed in the next round
+    /// if the notice still applies then.
+    condemned: Option<RemovedNotice>,
+    /// The index of the entry whose application removed this replica
+    /// (meaningful with `removed_at_tick`).
+    removed_index: u64,
+    /// A voter of the configuration without this replica confirmed the
+    /// removal: it has applied it too, so the group no longer needs this
+    /// replica's vote (see [`gc`]).
+    removal_confirmed: bool,
+    /// Ticks since this replica last knew a leader (or since it saw its
+    /// own removal): every election timeout of them, it probes the voters.
+    leaderless_ticks: u64,
 }
 
 impl Replica {
@@ -384,6 +399,15 @@ pub struct NodeCore {
     incoming: BTreeMap<GroupId, IncomingSnapshot>,
     /// A tick asked for WAL maintenance in the next round.
     maintenance_due: bool,
+    /// Removal notices owed to non-members that sent us messages, sent
+    /// with the next round (one per node and group).
+    notices_due: BTreeMap<(NodeId, GroupId), RemovedNotice>,
+    /// Probes to send with the next round: (voter, group).
+    probes_due: BTreeSet<(NodeId, GroupId)>,
+    /// The gauges this core last added to the node-wide ones (leaders,
+    /// awake and quiesced groups): with several workers, each adds its own
+    /// share rather than overwriting the others'.
+    reported_gauges: [f64; 3],
 }
 
 fn group_seed(node: NodeId, group: GroupId) -> u64 {
@@ -462,6 +486,9 @@ impl NodeCore {
             outgoing: std::collections::VecDeque::new(),
             incoming: BTreeMap::new(),
             maintenance_due: false,
+            notices_due: BTreeMap::new(),
+            probes_due: BTreeSet::new(),
+            reported_gauges: [0.0; 3],
         };
         for (group, source) in sources {
             if core.tombstones.contains_key(&group) {
@@ -563,6 +590,10 @@ impl NodeCore {
             recent_request_set: BTreeSet::new(),
             received_snapshots: BTreeMap::new(),
             removed_at_tick: None,
+            condemned: None,
+            removed_index: 0,
+            removal_confirmed: false,
+            leaderless_ticks: 0,
         });
         replica.set_recent_requests(recent_requests);
         self.replicas.insert(group, replica);
@@ -827,6 +858,16 @@ impl NodeCore {
         for chunk in std::mem::take(&mut frame.snapshot_chunks) {
             self.receive_snapshot_chunk(from, chunk);
         }
+        for notice in std::mem::take(&mut frame.removed_notices) {
+            self.receive_removed_notice(notice);
+        }
+        for group in std::mem::take(&mut frame.replica_probes) {
+            if let Some(replica) = self.replicas.get(&group) {
+                if let Some(notice) = gc::notice_for(self.id, replica, from) {
+                    self.notices_due.insert((from, group), notice);
+                }
+            }
+        }
         for message in frame.into_messages() {
             self.step(message.group, message.message);
         }
@@ -857,10 +898,36 @@ impl NodeCore {
         let Some(replica) = self.replicas.get_mut(&group) else {
             return;
         };
+        if let Some(notice) = gc::notice_for(self.id, replica, message.from) {
+            self.notices_due.insert((message.from, group), notice);
+        }
         // A malformed or stale message is Raft's to ignore; nothing to report.
         let _ = replica.raft.step(message);
         self.awake.insert(group);
         self.active.insert(group);
+    }
+
+    /// A voter says this node's replica of `notice.group` belongs to no
+    /// configuration of the group. A replica that applied its own removal
+    /// takes it as the confirmation it waits for; another is condemned if
+    /// the notice applies to it (the next round destroys it).
+    fn receive_removed_notice(&mut self, notice: RemovedNotice) {
+        let group = notice.group;
+        let Some(replica) = self.replicas.get_mut(&group) else {
+            return;
+        };
+        if replica.removed_at_tick.is_some() {
+            if notice.index >= replica.removed_index {
+                replica.removal_confirmed = true;
+            }
+            return;
+        }
+        if replica.condemned.is_some() || !gc::notice_applies(replica, &notice) {
+            return;
+        }
+        replica.condemned = Some(notice);
+        self.removing.insert(group);
+        metrics::counter!("flotilla_replicas_condemned_total").increment(1);
     }
 
     /// Creates an empty replica of `group` for a leader's `message`, if it
@@ -924,6 +991,18 @@ impl NodeCore {
             if replica.pending.is_empty() {
                 replica.pending = BTreeMap::new();
             }
+            let unsure = replica.raft.leader() == NO_NODE
+                || (replica.removed_at_tick.is_some() && !replica.removal_confirmed);
+            if unsure {
+                replica.leaderless_ticks += 1;
+                if replica.leaderless_ticks % self.config.raft.election_ticks.max(1) == 0 {
+                    for voter in gc::probe_targets(self.id, replica.raft.conf_state()) {
+                        self.probes_due.insert((voter, group));
+                    }
+                }
+            } else {
+                replica.leaderless_ticks = 0;
+            }
             if replica.pending.is_empty()
                 && replica.removed_at_tick.is_none()
                 && ticks.saturating_sub(replica.last_request_tick) > idle
@@ -976,9 +1055,13 @@ impl NodeCore {
                 metrics::counter!("flotilla_liveness_beats_total")
                     .increment(self.peers.len() as u64);
             }
-            metrics::gauge!("flotilla_awake_groups").set(self.awake.len() as f64);
-            metrics::gauge!("flotilla_quiesced_groups")
-                .set(self.replicas.len().saturating_sub(self.awake.len()) as f64);
+            self.report_gauges();
+        }
+        for ((to, _), notice) in std::mem::take(&mut self.notices_due) {
+            out.push_removed_notice(to, notice);
+        }
+        for (to, group) in std::mem::take(&mut self.probes_due) {
+            out.push_replica_probe(to, group);
         }
         let mut batch = std::mem::take(&mut self.staged);
         if !self.removing.is_empty() {
@@ -1044,7 +1127,7 @@ impl NodeCore {
         if handled > 0 {
             metrics::counter!("flotilla_rounds_total").increment(1);
             metrics::histogram!("flotilla_round_groups").record(handled as f64);
-            metrics::gauge!("flotilla_leaders").set(self.leaders as f64);
+            self.report_gauges();
         }
         for (group, ready) in readies {
             self.finish_ready(group, ready, out);
@@ -1132,6 +1215,9 @@ impl NodeCore {
             let removed = !replicas.contains(&self.id);
             if removed && replica.removed_at_tick.is_none() && replica.initialized() {
                 replica.removed_at_tick = Some(self.ticks);
+                replica.removed_index = replica.state.applied_index();
+                replica.removal_confirmed = false;
+                replica.leaderless_ticks = 0;
                 self.removing.insert(group);
             }
             self.track_peers(&replicas);
@@ -1207,35 +1293,40 @@ impl NodeCore {
         }
     }
 
-    /// Destroys the replicas whose removal was applied long enough ago: the
-    /// tombstone first (so nothing recreates them from stale messages), then
-    /// their snapshots, then — with this round's `batch`, before any message
-    /// could recreate them — their WAL state.
+    /// Destroys the replicas that are due: condemned by a voter's notice
+    /// that still applies, or removed long enough ago, confirmed by a voter
+    /// and no longer leading (see [`gc`]). The tombstone goes first (so
+    /// nothing recreates them from stale messages), then their snapshots,
+    /// then — with this round's `batch`, before any message could recreate
+    /// them — their WAL state. A removed replica that is a member again
+    /// (re-added before it was destroyed) is kept.
     fn destroy_removed_replicas(&mut self, batch: &mut WriteBatch) {
         let linger = 2 * self.config.raft.election_ticks;
         let ticks = self.ticks;
-        let due: Vec<GroupId> = self
-            .removing
-            .iter()
-            .copied()
-            .filter(|group| {
-                self.replicas
-                    .get(group)
-                    .and_then(|r| r.removed_at_tick)
-                    .is_none_or(|at| ticks >= at + linger)
-            })
-            .collect();
-        for group in due {
-            self.removing.remove(&group);
-            let Some(replica) = self.replicas.get(&group) else {
+        for group in std::mem::take(&mut self.removing) {
+            let Some(replica) = self.replicas.get_mut(&group) else {
                 continue;
             };
-            // Still a member after all (re-added before it was destroyed).
-            if replica.descriptor.replicas.contains(&self.id) {
-                if let Some(replica) = self.replicas.get_mut(&group) {
-                    replica.removed_at_tick = None;
+            if let Some(notice) = replica.condemned.take() {
+                // Input since the notice may have shown the replica is
+                // wanted after all (a snapshot of a re-addition).
+                if !gc::notice_applies(replica, &notice) {
+                    continue;
                 }
+            } else if replica.descriptor.replicas.contains(&self.id) {
+                replica.removed_at_tick = None;
+                replica.removal_confirmed = false;
                 continue;
+            } else {
+                let due = replica
+                    .removed_at_tick
+                    .is_none_or(|at| ticks >= at + linger)
+                    && replica.removal_confirmed
+                    && !replica.leading;
+                if !due {
+                    self.removing.insert(group);
+                    continue;
+                }
             }
             let term = replica.raft.term();
             if let Err(error) = self.snapshots.remove(group, term) {
@@ -1266,6 +1357,27 @@ impl NodeCore {
             self.snapshots_due.remove(&group);
             batch.remove_group(group);
             metrics::counter!("flotilla_replicas_removed_total").increment(1);
+        }
+    }
+
+    /// Adds this core's change in leaders, awake and quiesced groups to the
+    /// node-wide gauges.
+    fn report_gauges(&mut self) {
+        let now = [
+            self.leaders as f64,
+            self.awake.len() as f64,
+            self.replicas.len().saturating_sub(self.awake.len()) as f64,
+        ];
+        let names = [
+            "flotilla_leaders",
+            "flotilla_awake_groups",
+            "flotilla_quiesced_groups",
+        ];
+        for ((name, value), reported) in names.iter().zip(now).zip(&mut self.reported_gauges) {
+            if value != *reported {
+                metrics::gauge!(*name).increment(value - *reported);
+                *reported = value;
+            }
         }
     }
 

@@ -33,10 +33,10 @@ pub struct ClusterArgs {
     /// times out, instead of failing the seed: looks past that defect.
     #[arg(long)]
     client_deadline: bool,
-    /// Also inject membership changes (add and remove replicas); see
-    /// `Options::membership` for the liveness gap this exposes.
+    /// Do not inject membership changes (adding and removing replicas),
+    /// which every seed otherwise may.
     #[arg(long)]
-    membership: bool,
+    no_membership: bool,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -79,7 +79,7 @@ pub fn run(args: &ClusterArgs) -> ExitCode {
         verbose: args.verbose,
         replay_check: args.check_replay,
         client_deadline: args.client_deadline,
-        membership: args.membership,
+        membership: !args.no_membership,
         planted_bug: args.plant_bug.map(PlantedBug::from),
         ..Options::default()
     };

@@ -103,10 +103,8 @@ pub struct Options {
     /// answered nor timed out in time, instead of failing the seed. Off by
     /// default; it lets a run look past that known defect for others.
     pub client_deadline: bool,
-    /// Inject membership changes (add and remove replicas). Off by default:
-    /// a replica removed while it was cut off never learns of its removal
-    /// (there is no replica garbage collection yet), keeps campaigning, and
-    /// fails the liveness check. Safety (linearizability) holds with it on.
+    /// Inject membership changes (add and remove replicas, each seed at
+    /// its own rate, some seeds none). On by default.
     pub membership: bool,
     pub planted_bug: Option<PlantedBug>,
 }
@@ -119,7 +117,7 @@ impl Default for Options {
             keep_trace: false,
             replay_check: false,
             client_deadline: false,
-            membership: false,
+            membership: true,
             planted_bug: None,
         }
     }
