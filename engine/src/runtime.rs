@@ -26,13 +26,14 @@
 //!   worker's share is queued in order, so frames from one peer reach a
 //!   worker in the order they arrived. With K = 1 the worker reads the inbox
 //!   directly: no extra thread, no extra hop.
-//! - **Outgoing liveness.** Each core would beat every peer it shares a
-//!   group with every tick, K frames per node pair at rest. Only one worker
-//!   per peer does ([`NodeConfig::sends_liveness`]): the lowest-numbered
-//!   worker sharing a group with that peer — worker 0 for every peer unless
-//!   it owns too few groups to share one with each. A worker that beats a
-//!   peer another worker is designated for drops the frame if it carries
-//!   nothing else.
+//! - **Outgoing liveness.** Each core beats every peer it shares a group
+//!   with every tick, which would make K frames per node pair at rest. Only
+//!   one worker per peer sends its beat: the lowest-numbered worker sharing
+//!   a group with that peer — worker 0 for every peer unless it owns too few
+//!   groups to share one with each. The workers publish their peer sets in
+//!   a shared [`LivenessDirectory`] (peers appear as membership changes add
+//!   replicas), and a worker drops a frame that carries nothing but the
+//!   beat to a peer a lower-numbered worker also has.
 //! - **Ticks.** There is no ticker thread: each worker sleeps until its own
 //!   tick deadline, and every deadline starts from the same instant, so the
 //!   workers tick together. A shared ticker would only add a thread and a
@@ -201,52 +202,46 @@ pub struct NodeStats {
     pub awake_groups: usize,
 }
 
-/// Which liveness beats a worker sends.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct LivenessDuty {
-    /// The worker's core beats its peers (`NodeConfig::sends_liveness`).
-    sends: bool,
-    /// Peers the core beats that another worker is designated for: frames
-    /// to them carrying nothing but the beat are dropped.
-    elsewhere: BTreeSet<NodeId>,
+/// Which worker beats which peer: every worker's peer set, so that a
+/// worker can tell which of its peers a lower-numbered worker also has and
+/// leave their beats to it. Peer sets only grow; the version changes with
+/// every publication, so workers recompute only then.
+#[derive(Debug)]
+struct LivenessDirectory {
+    peers: parking_lot::RwLock<Vec<BTreeSet<NodeId>>>,
+    version: std::sync::atomic::AtomicU64,
 }
 
-/// Assigns every peer of node `id` (a node sharing a group with it) to
-/// the lowest-numbered worker whose groups include one with that peer, so
-/// that each peer gets exactly one liveness beat per tick from this node.
-/// `owned[w]` are the descriptors of worker `w`'s groups.
-fn liveness_duties(id: NodeId, owned: &[Vec<RangeDescriptor>]) -> Vec<LivenessDuty> {
-    let peers_of = |ranges: &[RangeDescriptor]| -> BTreeSet<NodeId> {
-        ranges
-            .iter()
-            .filter(|d| d.replicas.contains(&id))
-            .flat_map(|d| d.replicas.iter().copied())
-            .filter(|&p| p != id)
-            .collect()
-    };
-    let peers: Vec<BTreeSet<NodeId>> = owned.iter().map(|r| peers_of(r)).collect();
-    let mut designated: BTreeMap<NodeId, usize> = BTreeMap::new();
-    for (worker, set) in peers.iter().enumerate() {
-        for &peer in set {
-            designated.entry(peer).or_insert(worker);
+impl LivenessDirectory {
+    fn new(workers: usize) -> Self {
+        LivenessDirectory {
+            peers: parking_lot::RwLock::new(vec![BTreeSet::new(); workers]),
+            version: std::sync::atomic::AtomicU64::new(0),
         }
     }
-    peers
-        .iter()
-        .enumerate()
-        .map(|(worker, set)| {
-            let sends = designated.values().any(|&w| w == worker);
-            let elsewhere = if sends {
-                set.iter()
-                    .copied()
-                    .filter(|p| designated.get(p) != Some(&worker))
-                    .collect()
-            } else {
-                BTreeSet::new()
-            };
-            LivenessDuty { sends, elsewhere }
-        })
-        .collect()
+
+    /// Records `worker`'s peers.
+    fn publish(&self, worker: usize, peers: BTreeSet<NodeId>) {
+        if let Some(slot) = self.peers.write().get_mut(worker) {
+            *slot = peers;
+        }
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The peers whose beat a lower-numbered worker than `worker` sends.
+    fn elsewhere(&self, worker: usize) -> BTreeSet<NodeId> {
+        self.peers
+            .read()
+            .iter()
+            .take(worker)
+            .flat_map(|peers| peers.iter().copied())
+            .collect()
+    }
 }
 
 /// A running node. Dropping it shuts it down.
@@ -301,13 +296,13 @@ impl Node {
         for descriptor in &ranges {
             owned[worker_of(descriptor.group, workers)].push(descriptor.clone());
         }
-        let duties = liveness_duties(options.id, &owned);
+        let liveness = Arc::new(LivenessDirectory::new(workers));
         // Every core is open before any thread starts, so a failure leaves
         // nothing running.
         let mut cores = Vec::with_capacity(workers);
-        for (worker, (share, duty)) in owned.iter().zip(&duties).enumerate() {
+        for (worker, share) in owned.iter().enumerate() {
             let config = NodeConfig {
-                sends_liveness: duty.sends,
+                sends_liveness: true,
                 worker: (worker, workers),
                 ..node_config.clone()
             };
@@ -353,9 +348,7 @@ impl Node {
         let mut submit = Vec::with_capacity(workers);
         // Every worker starts its tick clock at the same instant.
         let first_tick = Instant::now() + options.tick_interval;
-        for (index, ((core, frames), duty)) in
-            cores.into_iter().zip(frame_queues).zip(duties).enumerate()
-        {
+        for (index, (core, frames)) in cores.into_iter().zip(frame_queues).enumerate() {
             let (sender, submissions) = crossbeam_channel::unbounded();
             submit.push(sender);
             let stats = Arc::new(parking_lot::Mutex::new(NodeStats::default()));
@@ -370,7 +363,11 @@ impl Node {
                 stats,
                 tick_interval: options.tick_interval,
                 next_tick: first_tick,
-                liveness_elsewhere: duty.elsewhere,
+                index,
+                liveness: Arc::clone(&liveness),
+                peers_published: usize::MAX,
+                liveness_version: u64::MAX,
+                liveness_elsewhere: BTreeSet::new(),
             };
             node.spawn(format!("flotilla-node-{}-{index}", options.id), move || {
                 worker.run();
@@ -481,8 +478,14 @@ struct Worker {
     stats: Arc<parking_lot::Mutex<NodeStats>>,
     tick_interval: Duration,
     next_tick: Instant,
-    /// Peers whose liveness beat another worker sends (see
-    /// [`liveness_duties`]).
+    /// This worker's number.
+    index: usize,
+    liveness: Arc<LivenessDirectory>,
+    /// How many peers this worker last published.
+    peers_published: usize,
+    /// The directory version `liveness_elsewhere` was computed from.
+    liveness_version: u64,
+    /// Peers whose liveness beat a lower-numbered worker sends.
     liveness_elsewhere: BTreeSet<NodeId>,
 }
 
@@ -557,7 +560,23 @@ impl Worker {
         }
     }
 
+    /// Publishes this worker's peers if they changed, and learns which
+    /// beats other workers send if theirs did.
+    fn refresh_liveness_duty(&mut self) {
+        if self.core.peer_count() != self.peers_published {
+            self.peers_published = self.core.peer_count();
+            self.liveness
+                .publish(self.index, self.core.peer_ids().collect());
+        }
+        let version = self.liveness.version();
+        if version != self.liveness_version {
+            self.liveness_version = version;
+            self.liveness_elsewhere = self.liveness.elsewhere(self.index);
+        }
+    }
+
     fn run_rounds(&mut self) -> Result<(), crate::node::RoundError> {
+        self.refresh_liveness_duty();
         loop {
             let mut out = FrameBuilder::new(self.core.id());
             let handled = self.core.round(&mut out)?;
@@ -626,38 +645,30 @@ mod tests {
 
     #[test]
     fn every_peer_gets_liveness_from_exactly_one_worker() {
-        // Node 1, three workers. Worker 0 shares groups with nodes 2 and 3,
-        // worker 1 with nodes 3 and 4, worker 2 with node 4 only, worker 3
-        // owns nothing; group 9 does not include node 1 at all.
-        let owned = vec![
-            vec![descriptor(1, &[1, 2, 3]), descriptor(9, &[5, 6, 7])],
-            vec![descriptor(2, &[1, 3, 4])],
-            vec![descriptor(3, &[1, 4])],
-            vec![],
-        ];
-        let duties = liveness_duties(1, &owned);
-        let expected = vec![
-            LivenessDuty {
-                sends: true,
-                elsewhere: BTreeSet::new(),
-            },
-            LivenessDuty {
-                sends: true,
-                elsewhere: BTreeSet::from([3]),
-            },
-            LivenessDuty::default(),
-            LivenessDuty::default(),
-        ];
-        assert_eq!(duties, expected);
-        // The common case: worker 0 shares a group with every peer and is
-        // the only sender.
-        let owned = vec![
-            vec![descriptor(1, &[1, 2, 3])],
-            vec![descriptor(2, &[1, 2, 3])],
-        ];
-        let duties = liveness_duties(1, &owned);
-        assert!(duties[0].sends && duties[0].elsewhere.is_empty());
-        assert!(!duties[1].sends);
+        // Worker 0 has peers 2 and 3, worker 1 peers 3 and 4, worker 2 peer
+        // 4 only, worker 3 none.
+        let directory = LivenessDirectory::new(4);
+        let before = directory.version();
+        directory.publish(1, BTreeSet::from([3, 4]));
+        directory.publish(0, BTreeSet::from([2, 3]));
+        directory.publish(2, BTreeSet::from([4]));
+        assert_ne!(directory.version(), before);
+        let elsewhere: Vec<BTreeSet<NodeId>> = (0..4).map(|w| directory.elsewhere(w)).collect();
+        assert_eq!(elsewhere[0], BTreeSet::new());
+        assert_eq!(elsewhere[1], BTreeSet::from([2, 3]));
+        assert_eq!(elsewhere[2], BTreeSet::from([2, 3, 4]));
+        // Each peer is beaten by exactly the lowest worker that has it.
+        let published = [vec![2, 3], vec![3, 4], vec![4], vec![]];
+        for peer in 2..=4 {
+            let senders: Vec<usize> = (0..4)
+                .filter(|&w| published[w].contains(&peer) && !elsewhere[w].contains(&peer))
+                .collect();
+            assert_eq!(senders.len(), 1, "peer {peer}: {senders:?}");
+        }
+        // A peer that appears later on worker 0 (a replica added there)
+        // moves its beat to worker 0.
+        directory.publish(0, BTreeSet::from([2, 3, 4]));
+        assert!(directory.elsewhere(1).contains(&4));
     }
 
     #[test]

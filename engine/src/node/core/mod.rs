@@ -873,6 +873,17 @@ impl NodeCore {
         }
     }
 
+    /// Every node sharing a range with this one (whose liveness it
+    /// watches and which it beats every tick). The set only grows.
+    pub fn peer_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// How many peers [`NodeCore::peer_ids`] yields.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
     /// Peers currently declared down.
     pub fn peers_down(&self) -> Vec<NodeId> {
         self.peers
