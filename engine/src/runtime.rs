@@ -612,15 +612,6 @@ impl Worker {
 mod tests {
     use super::*;
 
-    fn descriptor(group: GroupId, replicas: &[NodeId]) -> RangeDescriptor {
-        RangeDescriptor {
-            group,
-            span: KeySpan::new(Vec::new(), Vec::new()).expect("the whole key space"),
-            replicas: replicas.to_vec(),
-            generation: 1,
-        }
-    }
-
     #[test]
     fn worker_of_is_stable_in_range_and_spreads_consecutive_groups() {
         for workers in 1..=WORKERS_MAX {
