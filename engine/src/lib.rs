@@ -35,8 +35,12 @@
 //! [`runtime`] runs it on worker threads (each group owned by one) with
 //! ticks and a transport; [`wal`] is the log, [`group_log`] one group's view
 //! of it for the Raft core, and [`range`] the key-value state machine with
-//! its snapshot files.
+//! its snapshot files. [`client`] is the protocol programs outside the
+//! node's process speak to it: the codec, the server side over a [`Db`],
+//! and [`client::RemoteDb`], the same operations with failover between
+//! nodes.
 
+pub mod client;
 pub mod db;
 pub mod group_log;
 pub mod node;
@@ -45,4 +49,4 @@ pub mod runtime;
 pub mod wal;
 
 pub use db::{BlockingDb, Db, Error};
-pub use runtime::{Bootstrap, Node, NodeOptions, NodeStats};
+pub use runtime::{Bootstrap, Node, NodeOptions, NodeStats, StatsReader};

@@ -200,6 +200,44 @@ pub struct NodeStats {
     pub frames_sent: u64,
     pub leaders: usize,
     pub awake_groups: usize,
+    /// Replicas hosted: the ranges this node holds a copy of, including
+    /// new replicas still waiting for their first snapshot.
+    pub ranges: usize,
+    /// Replicas that are quiesced (`ranges - awake_groups`): idle, neither
+    /// ticked nor heartbeating.
+    pub quiesced_groups: usize,
+}
+
+impl NodeStats {
+    /// The counters of two shares of a node added up.
+    fn plus(self, other: NodeStats) -> NodeStats {
+        NodeStats {
+            rounds: self.rounds + other.rounds,
+            frames_sent: self.frames_sent + other.frames_sent,
+            leaders: self.leaders + other.leaders,
+            awake_groups: self.awake_groups + other.awake_groups,
+            ranges: self.ranges + other.ranges,
+            quiesced_groups: self.quiesced_groups + other.quiesced_groups,
+        }
+    }
+}
+
+/// Reads a node's [`NodeStats`] without holding the [`Node`]: a status
+/// page keeps one, so that serving it never keeps a node from shutting
+/// down. After shutdown it reads the last counts.
+#[derive(Clone, Debug)]
+pub struct StatsReader {
+    workers: Arc<[Arc<parking_lot::Mutex<NodeStats>>]>,
+}
+
+impl StatsReader {
+    /// The node's counters, summed over its workers.
+    pub fn read(&self) -> NodeStats {
+        self.workers
+            .iter()
+            .map(|stats| *stats.lock())
+            .fold(NodeStats::default(), NodeStats::plus)
+    }
 }
 
 /// Which worker beats which peer: every worker's peer set, so that a
@@ -403,15 +441,14 @@ impl Node {
 
     /// The node's counters, summed over its workers.
     pub fn stats(&self) -> NodeStats {
-        self.stats
-            .iter()
-            .map(|stats| *stats.lock())
-            .fold(NodeStats::default(), |sum, worker| NodeStats {
-                rounds: sum.rounds + worker.rounds,
-                frames_sent: sum.frames_sent + worker.frames_sent,
-                leaders: sum.leaders + worker.leaders,
-                awake_groups: sum.awake_groups + worker.awake_groups,
-            })
+        self.stats_reader().read()
+    }
+
+    /// A reader of [`Node::stats`] that does not borrow the node.
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader {
+            workers: self.stats.iter().cloned().collect(),
+        }
     }
 
     /// Stops the workers; requests still in flight fail with `Shutdown`.
@@ -597,6 +634,8 @@ impl Worker {
             let mut stats = self.stats.lock();
             stats.frames_sent += frames;
             stats.awake_groups = self.core.awake_count();
+            stats.ranges = self.core.replica_count();
+            stats.quiesced_groups = stats.ranges.saturating_sub(stats.awake_groups);
             if handled == 0 {
                 return Ok(());
             }
@@ -660,6 +699,37 @@ mod tests {
         // moves its beat to worker 0.
         directory.publish(0, BTreeSet::from([2, 3, 4]));
         assert!(directory.elsewhere(1).contains(&4));
+    }
+
+    #[test]
+    fn stats_sum_every_worker_and_outlive_the_node() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let network = flotilla_transport::local::LocalNetwork::new(1);
+        let (transport, inbox) = network.register(1, 16);
+        let mut options = NodeOptions::new(
+            1,
+            dir.path(),
+            Bootstrap::EvenSplits {
+                count: 5,
+                nodes: vec![1],
+            },
+        );
+        options.workers = 3;
+        options.tick_interval = Duration::from_millis(5);
+        options.wal.zero_fill_segments = false;
+        let node = Node::open(options, Arc::new(transport), inbox).expect("open node 1");
+        let reader = node.stats_reader();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reader.read().leaders < 5 {
+            assert!(Instant::now() < deadline, "no leaders: {:?}", reader.read());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let stats = node.stats();
+        // Five ranges spread over three workers, each counted once.
+        assert_eq!(stats.ranges, 5);
+        assert_eq!(stats.awake_groups + stats.quiesced_groups, 5);
+        node.shutdown();
+        assert_eq!(reader.read().ranges, 5);
     }
 
     #[test]

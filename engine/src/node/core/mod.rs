@@ -1443,3 +1443,14 @@ fn serve_read(state: &RangeState, request: &Request) -> Result<Response, NodeErr
         )),
     }
 }
+
+/// Counts for the runtime's [`crate::NodeStats`], apart from the core's
+/// other accessors.
+impl NodeCore {
+    /// Replicas hosted here, including ones still waiting for their first
+    /// snapshot (which [`NodeCore::ranges`] leaves out). Constant time, so
+    /// the runtime can read it every round.
+    pub fn replica_count(&self) -> usize {
+        self.replicas.len()
+    }
+}
