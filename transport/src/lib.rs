@@ -9,12 +9,22 @@
 //! `rkyv::Archive`: the QUIC transport sends them as length-prefixed,
 //! validated archives.
 //!
-//! [`Transport`] is the seam the node runtime sends through. This crate has
-//! the in-process implementation, [`local::LocalNetwork`], with fault
-//! injection (drops, delays, partitions) for multi-node tests in one
-//! process; the QUIC implementation is a later issue.
+//! [`Transport`] is the seam the node runtime sends through. It has two
+//! implementations:
+//!
+//! - [`quic::QuicTransport`], between processes: QUIC (quinn) with mutual
+//!   TLS against the cluster's CA, one connection per node pair, Raft
+//!   traffic and snapshot chunks on separate streams, bounded per-peer
+//!   queues and reconnects with backoff. [`tls`] makes the CA and the node
+//!   and client certificates and binds a node id to each certificate;
+//!   [`quic::QuicClient`] lets a program with a client certificate call a
+//!   node.
+//! - [`local::LocalNetwork`], in one process, with fault injection (drops,
+//!   delays, partitions) for multi-node tests.
 
 pub mod local;
+pub mod quic;
+pub mod tls;
 
 use flotilla_raftgroup::{Message, MessageBody};
 use rkyv::{Archive, Deserialize, Serialize};
