@@ -513,6 +513,71 @@ pub trait Caller: Send + Sync + std::fmt::Debug {
     ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + '_>>;
 }
 
+/// A [`Caller`] that reaches one node over QUIC with a client certificate
+/// of the cluster's CA. It connects on first use, and again after the
+/// connection is lost (a call that fails on a broken connection drops it,
+/// so the next call redials); concurrent calls share one connection.
+#[derive(Debug)]
+pub struct QuicCaller {
+    node: NodeId,
+    addr: std::net::SocketAddr,
+    tls: flotilla_transport::tls::TlsFiles,
+    connection: tokio::sync::Mutex<Option<Arc<flotilla_transport::quic::QuicClient>>>,
+}
+
+impl QuicCaller {
+    /// A caller of node `node` listening at `addr`, presenting the client
+    /// certificate in `tls`.
+    pub fn new(
+        node: NodeId,
+        addr: std::net::SocketAddr,
+        tls: flotilla_transport::tls::TlsFiles,
+    ) -> QuicCaller {
+        QuicCaller {
+            node,
+            addr,
+            tls,
+            connection: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn connected(&self) -> Result<Arc<flotilla_transport::quic::QuicClient>, String> {
+        let mut slot = self.connection.lock().await;
+        if let Some(client) = slot.as_ref() {
+            return Ok(Arc::clone(client));
+        }
+        let client = flotilla_transport::quic::QuicClient::connect(self.addr, self.node, &self.tls)
+            .await
+            .map_err(|e| format!("node {} at {}: {e}", self.node, self.addr))?;
+        let client = Arc::new(client);
+        *slot = Some(Arc::clone(&client));
+        Ok(client)
+    }
+}
+
+impl Caller for QuicCaller {
+    fn call(
+        &self,
+        request: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + '_>> {
+        Box::pin(async move {
+            let client = self.connected().await?;
+            match client.call(request).await {
+                Ok(answer) => Ok(answer),
+                Err(error) => {
+                    // Whatever broke, the next call starts from a fresh
+                    // connection (unless another call already made one).
+                    let mut slot = self.connection.lock().await;
+                    if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &client)) {
+                        *slot = None;
+                    }
+                    Err(format!("node {} at {}: {error}", self.node, self.addr))
+                }
+            }
+        })
+    }
+}
+
 /// One node [`RemoteDb`] can ask.
 #[derive(Debug)]
 struct RemoteNode {

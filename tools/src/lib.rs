@@ -7,6 +7,7 @@
 //! subcommands are thin wrappers over it so that tests drive exactly the
 //! code the command line runs.
 
+pub mod cert;
 pub mod demo;
 pub mod history;
 pub mod sim;

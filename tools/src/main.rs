@@ -26,29 +26,15 @@ enum Command {
     /// Look at a WAL directory without changing it.
     #[command(subcommand)]
     Wal(WalCommand),
-    /// A local 3-node cluster doing real work: a mixed workload over many
-    /// ranges, the busiest node killed part-way, every acknowledged write
-    /// checked at the end.
-    Demo(DemoArgs),
-}
-
-#[derive(Debug, Args)]
-struct DemoArgs {
-    /// Ranges (Raft groups), each replicated on all three nodes.
-    #[arg(long, default_value_t = 64)]
-    ranges: u64,
-    /// Seconds of workload.
-    #[arg(long, default_value_t = 8.0)]
-    seconds: f64,
-    /// Concurrent clients.
-    #[arg(long, default_value_t = 32)]
-    clients: usize,
-    /// Keep the nodes' data here instead of a temporary directory.
-    #[arg(long)]
-    data_dir: Option<std::path::PathBuf>,
-    /// Do not kill a node.
-    #[arg(long)]
-    no_kill: bool,
+    /// A local 3-node cluster of processes (QUIC, mutual TLS) doing real
+    /// work: a mixed workload over many ranges, the busiest node killed
+    /// part-way, every acknowledged write checked at the end.
+    Demo(flotilla_tools::demo::cli::DemoArgs),
+    /// Run one node of a cluster until SIGTERM or SIGINT.
+    Start(flotilla_tools::start::config::StartArgs),
+    /// Make the cluster's CA and the certificates of nodes and clients.
+    #[command(subcommand)]
+    Cert(flotilla_tools::cert::CertCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,7 +120,9 @@ fn main() -> ExitCode {
         Command::Sim(Sim::Raft(args)) => sim_raft(&args),
         Command::Sim(Sim::Wal(args)) => sim_wal(&args),
         Command::Sim(Sim::Cluster(args)) => flotilla_tools::sim::cluster::cli::run(&args),
-        Command::Demo(args) => demo(args),
+        Command::Demo(args) => flotilla_tools::demo::cli::run(&args),
+        Command::Start(args) => flotilla_tools::start::cli(&args),
+        Command::Cert(command) => flotilla_tools::cert::run(&command),
         Command::Wal(WalCommand::Inspect { dir, records }) => {
             match flotilla_tools::wal_cmd::inspect_dir(&dir, records) {
                 Ok(text) => {
@@ -155,89 +143,6 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
-        }
-    }
-}
-
-fn demo(args: DemoArgs) -> ExitCode {
-    if args.ranges == 0 || args.clients == 0 || args.seconds <= 0.0 {
-        println!("demo: FAILED (--ranges, --clients and --seconds must be positive)");
-        return ExitCode::FAILURE;
-    }
-    let options = flotilla_tools::demo::DemoOptions {
-        ranges: args.ranges,
-        seconds: args.seconds,
-        clients: args.clients,
-        data_dir: args.data_dir,
-        kill: !args.no_kill,
-        ..flotilla_tools::demo::DemoOptions::default()
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            println!("demo: FAILED (cannot start a runtime: {error})");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(flotilla_tools::demo::run(options)) {
-        Ok(report) => {
-            let ops = (report.writes + report.reads) as f64 / report.seconds;
-            println!(
-                "demo: {} writes and {} reads in {:.1} s = {ops:.0} ops/s ({} errors during failover)",
-                report.writes, report.reads, report.seconds, report.errors
-            );
-            println!(
-                "demo: write latency p50 {} us, p99 {} us, p99.9 {} us",
-                report.write_us.0, report.write_us.1, report.write_us.2
-            );
-            println!(
-                "demo: read latency p50 {} us, p99 {} us, p99.9 {} us",
-                report.read_us.0, report.read_us.1, report.read_us.2
-            );
-            let failover = match (report.killed, report.failover_ms) {
-                (Some((node, leaders)), Some(ms)) => {
-                    println!("demo: killed node {node} (it led {leaders} ranges); every range had a leader again after {ms} ms");
-                    format!(", failover {ms} ms")
-                }
-                (Some((node, _)), None) => {
-                    println!("demo: killed node {node}; not every range got a new leader");
-                    String::new()
-                }
-                _ => String::new(),
-            };
-            println!(
-                "demo: checked {} keys: every acknowledged write reads back: {}",
-                report.keys_checked,
-                if report.failures.is_empty() {
-                    "yes"
-                } else {
-                    "NO"
-                }
-            );
-            for failure in report.failures.iter().take(10) {
-                println!("demo: {failure}");
-            }
-            if report.failures.is_empty() {
-                println!(
-                    "demo: ok ({ops:.0} ops/s, write p99 {} us{failover}, {} keys verified)",
-                    report.write_us.1, report.keys_checked
-                );
-                ExitCode::SUCCESS
-            } else {
-                println!(
-                    "demo: FAILED ({} problems, first: {})",
-                    report.failures.len(),
-                    report.failures[0]
-                );
-                ExitCode::FAILURE
-            }
-        }
-        Err(reason) => {
-            println!("demo: FAILED ({reason})");
-            ExitCode::FAILURE
         }
     }
 }

@@ -67,12 +67,16 @@ fn peers() -> PeerSource {
                 addr: "10.0.0.2:7000".parse().unwrap(),
                 connected: true,
                 last_heard_ms: Some(12),
+                frames_sent: 40,
+                frames_received: 38,
             },
             PeerView {
                 node: 3,
                 addr: "10.0.0.3:7000".parse().unwrap(),
                 connected: false,
                 last_heard_ms: None,
+                frames_sent: 0,
+                frames_received: 0,
             },
         ]
     })

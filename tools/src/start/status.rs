@@ -56,6 +56,11 @@ pub struct PeerView {
     /// Milliseconds since anything was heard from it; `None` if nothing
     /// ever was.
     pub last_heard_ms: Option<u64>,
+    /// Frames sent to it and received from it since the node started.
+    #[serde(default)]
+    pub frames_sent: u64,
+    #[serde(default)]
+    pub frames_received: u64,
 }
 
 /// Lists the node's peers when `/status` is asked for.
