@@ -126,7 +126,8 @@ fn print_report(report: &DemoReport) -> ExitCode {
         (Some((node, leaders)), Some(ms)) => {
             println!(
                 "demo: killed node {node} (it led {leaders} ranges); every range had a leader \
-                 again after {ms} ms"
+                 again after {ms} ms; {} writes acknowledged after that",
+                report.writes_after_failover
             );
             format!(", failover {ms} ms")
         }

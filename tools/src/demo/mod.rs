@@ -86,6 +86,8 @@ pub struct DemoReport {
     pub read_us: (u64, u64, u64),
     pub killed: Option<(NodeId, usize)>,
     pub failover_ms: Option<u64>,
+    /// Writes acknowledged after every range had a leader again.
+    pub writes_after_failover: u64,
     pub keys_checked: usize,
     pub failures: Vec<String>,
     pub data_dir: PathBuf,
@@ -202,6 +204,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, String> {
     let duration = Duration::from_secs_f64(options.seconds);
     let kill_at = duration.mul_f64(0.4);
     let mut killed_at: Option<Instant> = None;
+    let mut writes_at_failover = 0;
     while run_started.elapsed() < duration || (killed_at.is_some() && report.failover_ms.is_none())
     {
         if run_started.elapsed() > duration + Duration::from_secs(30) {
@@ -233,6 +236,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, String> {
             ));
             // Watch for the last range's new leader closely.
             report.failover_ms = watch_failover(&cluster, options.ranges as usize).await;
+            writes_at_failover = counters.writes.load(Ordering::Relaxed);
         }
     }
     progress.finish_and_clear();
@@ -265,6 +269,14 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, String> {
         }
     }
     report.writes = counters.writes.load(Ordering::Relaxed);
+    if report.failover_ms.is_some() {
+        report.writes_after_failover = report.writes.saturating_sub(writes_at_failover);
+        if report.writes_after_failover == 0 {
+            report
+                .failures
+                .push("no write was acknowledged after the failover".into());
+        }
+    }
     report.reads = counters.reads.load(Ordering::Relaxed);
     report.errors = counters.errors.load(Ordering::Relaxed);
     {
