@@ -163,8 +163,10 @@ async fn status_reports_the_node_and_its_peers_as_json() {
     assert_eq!(
         status["peers"],
         serde_json::json!([
-            {"node": 2, "addr": "10.0.0.2:7000", "connected": true, "last_heard_ms": 12},
-            {"node": 3, "addr": "10.0.0.3:7000", "connected": false, "last_heard_ms": null},
+            {"node": 2, "addr": "10.0.0.2:7000", "connected": true, "last_heard_ms": 12,
+             "frames_sent": 40, "frames_received": 38},
+            {"node": 3, "addr": "10.0.0.3:7000", "connected": false, "last_heard_ms": null,
+             "frames_sent": 0, "frames_received": 0},
         ])
     );
     let _ = running.stop.send(());
