@@ -301,6 +301,21 @@ struct Replica {
     /// Ticks since this replica last knew a leader (or since it saw its
     /// own removal): every election timeout of them, it probes the voters.
     leaderless_ticks: u64,
+    /// The tick of the last message from the leader this replica knows.
+    /// A learner never campaigns, so its leader stays named after the
+    /// leader is gone: only silence tells it that it may be orphaned.
+    leader_heard_tick: u64,
+}
+
+impl Replica {
+    /// Whether this replica heard from another node it takes for the leader
+    /// within an election timeout (of `election_ticks`) before `now`.
+    fn hears_a_leader(&self, me: NodeId, now: u64, election_ticks: u64) -> bool {
+        let leader = self.raft.leader();
+        leader != NO_NODE
+            && leader != me
+            && now.saturating_sub(self.leader_heard_tick) <= election_ticks
+    }
 }
 
 impl Replica {
@@ -594,6 +609,7 @@ impl NodeCore {
             removed_index: 0,
             removal_confirmed: false,
             leaderless_ticks: 0,
+            leader_heard_tick: self.ticks,
         });
         replica.set_recent_requests(recent_requests);
         self.replicas.insert(group, replica);
@@ -909,11 +925,15 @@ impl NodeCore {
         let Some(replica) = self.replicas.get_mut(&group) else {
             return;
         };
-        if let Some(notice) = gc::notice_for(self.id, replica, message.from) {
-            self.notices_due.insert((message.from, group), notice);
+        let from = message.from;
+        if let Some(notice) = gc::notice_for(self.id, replica, from) {
+            self.notices_due.insert((from, group), notice);
         }
         // A malformed or stale message is Raft's to ignore; nothing to report.
         let _ = replica.raft.step(message);
+        if replica.raft.leader() == from {
+            replica.leader_heard_tick = self.ticks;
+        }
         self.awake.insert(group);
         self.active.insert(group);
     }
@@ -931,6 +951,15 @@ impl NodeCore {
             if notice.index >= replica.removed_index {
                 replica.removal_confirmed = true;
             }
+            return;
+        }
+        // A replica that hears from a leader of its term is wanted by that
+        // leader (leaders send to members only): the notice is older than
+        // a re-addition. Destroying it now could leave it unrecreatable
+        // at its term while the group needs its vote. Cut off from every
+        // leader, it loses the leader within an election timeout and
+        // takes the next notice.
+        if replica.hears_a_leader(self.id, self.ticks, self.config.raft.election_ticks) {
             return;
         }
         if replica.condemned.is_some() || !gc::notice_applies(replica, &notice) {
@@ -1002,7 +1031,9 @@ impl NodeCore {
             if replica.pending.is_empty() {
                 replica.pending = BTreeMap::new();
             }
-            let unsure = replica.raft.leader() == NO_NODE
+            let election_ticks = self.config.raft.election_ticks;
+            let unsure = (replica.raft.leader() != self.id
+                && !replica.hears_a_leader(self.id, ticks, election_ticks))
                 || (replica.removed_at_tick.is_some() && !replica.removal_confirmed);
             if unsure {
                 replica.leaderless_ticks += 1;
