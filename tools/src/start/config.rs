@@ -29,9 +29,9 @@
 //!   `listen` address) or not; either way it is a member. With no peers it
 //!   is a cluster of one. Every node must be started with the same node
 //!   list and `ranges`: together they are the bootstrap layout.
-//! - **Join** (joining a running cluster through one of its nodes) is part
-//!   of the schema so that files written for it stay valid, but is refused
-//!   for now.
+//!
+//! There is no `join` setting: the transport's peer list is fixed when a
+//! node starts, so a node cannot yet join a running cluster by address.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -75,10 +75,6 @@ pub struct StartArgs {
     /// Replaces the file's `peers`.
     #[arg(long = "peer", value_name = "ID=ADDR", value_delimiter = ',')]
     pub peers: Vec<String>,
-    /// Join a running cluster through the node at ADDR (not supported yet:
-    /// list every node with --peer).
-    #[arg(long, value_name = "ADDR")]
-    pub join: Option<String>,
     /// Where the node keeps its WAL and snapshots.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -120,7 +116,6 @@ struct FileSettings {
     id: Option<u64>,
     listen: Option<String>,
     peers: Option<Vec<String>>,
-    join: Option<String>,
     data_dir: Option<PathBuf>,
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
@@ -239,7 +234,6 @@ fn merge(file: FileSettings, flags: &StartArgs) -> FileSettings {
         } else {
             Some(flags.peers.clone())
         },
-        join: flags.join.clone().or(file.join),
         data_dir: flags.data_dir.clone().or(file.data_dir),
         ca: flags.ca.clone().or(file.ca),
         cert: flags.cert.clone().or(file.cert),
@@ -366,15 +360,6 @@ fn parse_peers(
 impl FileSettings {
     /// Checks the merged settings; the first problem found is the error.
     fn check(self) -> Result<Settings, ConfigError> {
-        if let Some(join) = &self.join {
-            return Err(invalid(
-                "join",
-                format!(
-                    "joining a running cluster (through {join}) is not supported yet; \
-                     list every node of the cluster in peers instead"
-                ),
-            ));
-        }
         let id = required(self.id, "id", "give each node a distinct id > 0")?;
         if id == 0 {
             return Err(invalid("id", "must be > 0"));
@@ -794,14 +779,6 @@ mod tests {
             assert_eq!(setting, "peers");
             assert!(message.contains(expected), "{entry}: {message}");
         }
-    }
-
-    #[test]
-    fn join_is_refused_as_not_supported_yet() {
-        let fixture = Fixture::new();
-        let (setting, message) = problem(fixture.load("join = \"127.0.0.1:7002\"\n", &[]));
-        assert_eq!(setting, "join");
-        assert!(message.contains("not supported yet"), "{message}");
     }
 
     #[test]
