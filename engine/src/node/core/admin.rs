@@ -16,7 +16,7 @@ use flotilla_raftgroup::{
 };
 use flotilla_transport::{GroupId, NodeId};
 
-use super::{members, NodeError, Pending, Replica, RequestId, Response};
+use super::{is_member, NodeError, Pending, Replica, RequestId, Response};
 
 /// A learner within this many entries of the leader's commit index, and
 /// receiving entries in a pipeline, counts as caught up and is promoted.
@@ -127,7 +127,7 @@ fn step_change(group: GroupId, replica: &mut Replica, change: ReplicaChange) -> 
             }
         }
         ReplicaChange::Remove(node) => {
-            if !members(conf).contains(&node) {
+            if !is_member(conf, node) {
                 return Step::Done;
             }
             if conf.is_joint() {

@@ -43,7 +43,7 @@
 
 use flotilla_transport::{NodeId, RemovedNotice};
 
-use super::{members, Replica};
+use super::{is_member, Replica};
 
 /// The notice `replica` (hosted on node `me`) owes node `from`, which sent
 /// it a message or a probe: one if `from` is not in the configuration
@@ -55,7 +55,7 @@ pub(super) fn notice_for(me: NodeId, replica: &Replica, from: NodeId) -> Option<
         return None;
     }
     let conf = replica.raft.conf_state();
-    if !conf.voters.contains(&me) || members(conf).contains(&from) {
+    if !conf.voters.contains(&me) || is_member(conf, from) {
         return None;
     }
     let index = replica.state.applied_index();

@@ -347,6 +347,19 @@ impl Replica {
     }
 }
 
+/// Whether `node` is in the configuration, in any role. Allocates nothing:
+/// it is asked of every message a replica receives.
+fn is_member(conf: &ConfState, node: NodeId) -> bool {
+    [
+        &conf.voters,
+        &conf.voters_outgoing,
+        &conf.learners,
+        &conf.learners_next,
+    ]
+    .iter()
+    .any(|nodes| nodes.contains(&node))
+}
+
 /// Every node in a configuration, in any role.
 fn members(conf: &ConfState) -> BTreeSet<NodeId> {
     conf.voters
