@@ -82,6 +82,26 @@ struct WalArgs {
     /// Skip raft-engine (for profiling flotilla alone).
     #[arg(long)]
     flotilla_only: bool,
+    /// flotilla's group-commit strategy (to compare them).
+    #[arg(long, value_enum, default_value_t = SyncModeArg::Adaptive)]
+    sync_mode: SyncModeArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum SyncModeArg {
+    Adaptive,
+    LeaderFollower,
+    SyncThread,
+}
+
+impl From<SyncModeArg> for flotilla::wal::SyncMode {
+    fn from(mode: SyncModeArg) -> Self {
+        match mode {
+            SyncModeArg::Adaptive => Self::Adaptive,
+            SyncModeArg::LeaderFollower => Self::LeaderFollower,
+            SyncModeArg::SyncThread => Self::SyncThread,
+        }
+    }
 }
 
 fn parse_cell(text: &str) -> Result<wal::Cell, String> {
@@ -268,6 +288,8 @@ fn run_wal(args: WalArgs) {
         let config = flotilla::wal::WalConfig {
             zero_fill_segments: std::env::var("FLOTILLA_BENCH_ZERO_FILL")
                 .map_or(true, |v| v != "0"),
+            sync_mode: args.sync_mode.into(),
+
             ..flotilla::wal::WalConfig::default()
         };
         let flotilla = wal::FlotillaLog::open(&dir, config);

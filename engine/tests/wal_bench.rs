@@ -129,7 +129,11 @@ fn group_commit_leader_follower_vs_sync_thread() {
         for threads in [1u64, 8] {
             let mut line = format!("{threads} thread(s), {entries} x 256 B entries per batch:");
             let mut base = None;
-            for mode in [SyncMode::LeaderFollower, SyncMode::SyncThread] {
+            for mode in [
+                SyncMode::Adaptive,
+                SyncMode::LeaderFollower,
+                SyncMode::SyncThread,
+            ] {
                 let dir = tempfile::tempdir().unwrap();
                 let (batches, syncs, mb) = run_appenders(dir.path(), mode, threads, entries);
                 let ratio = batches / *base.get_or_insert(batches);

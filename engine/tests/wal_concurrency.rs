@@ -76,7 +76,11 @@ fn check_groups(wal: &Wal, acked: &[u64]) {
 
 #[test]
 fn eight_threads_share_syncs_on_a_real_disk() {
-    for mode in [SyncMode::LeaderFollower, SyncMode::SyncThread] {
+    for mode in [
+        SyncMode::Adaptive,
+        SyncMode::LeaderFollower,
+        SyncMode::SyncThread,
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let config = WalConfig {
             segment_bytes: 256 << 10,
@@ -108,8 +112,10 @@ fn crash_during_concurrent_appends_keeps_every_acknowledged_batch() {
     for (seed, mode) in [
         (1, SyncMode::LeaderFollower),
         (2, SyncMode::SyncThread),
-        (3, SyncMode::LeaderFollower),
-        (4, SyncMode::SyncThread),
+        (3, SyncMode::Adaptive),
+        (4, SyncMode::LeaderFollower),
+        (5, SyncMode::SyncThread),
+        (6, SyncMode::Adaptive),
     ] {
         let fs = SimFs::new(seed);
         fs.set_tear_percent(50);
@@ -134,7 +140,11 @@ fn crash_during_concurrent_appends_keeps_every_acknowledged_batch() {
 
 #[test]
 fn appends_reads_purges_and_rewrites_run_concurrently() {
-    for mode in [SyncMode::LeaderFollower, SyncMode::SyncThread] {
+    for mode in [
+        SyncMode::Adaptive,
+        SyncMode::LeaderFollower,
+        SyncMode::SyncThread,
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let config = WalConfig {
             segment_bytes: 64 << 10,
@@ -446,7 +456,11 @@ fn rotations_prepares_and_purges_keep_spares_and_files_in_step() {
     const GROUPS: u64 = 4;
     const READERS: u64 = 2;
     const ROTATIONS: u64 = 300;
-    for mode in [SyncMode::LeaderFollower, SyncMode::SyncThread] {
+    for mode in [
+        SyncMode::Adaptive,
+        SyncMode::LeaderFollower,
+        SyncMode::SyncThread,
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let config = WalConfig {
             segment_bytes: 64 << 10,

@@ -204,6 +204,12 @@ pub fn temp_file_name(seq: u64) -> String {
     format!("{seq:016}.tmp")
 }
 
+/// File name of a spare for segment `seq` while it is being prepared ahead
+/// of time (see `purge::create_spare`).
+pub fn preparing_file_name(seq: u64) -> String {
+    format!("{seq:016}.prep")
+}
+
 /// What a file in the WAL directory is, judging by its name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileRole {
@@ -211,7 +217,8 @@ pub enum FileRole {
     Segment(u64),
     /// A spare (recyclable) file that used to be this segment.
     Spare(u64),
-    /// An interrupted creation.
+    /// An interrupted creation (of a segment, `.tmp`, or of a spare,
+    /// `.prep`).
     Temp(u64),
 }
 
@@ -225,7 +232,7 @@ pub fn parse_file_name(name: &str) -> Option<FileRole> {
     match ext {
         "wal" => Some(FileRole::Segment(seq)),
         "spare" => Some(FileRole::Spare(seq)),
-        "tmp" => Some(FileRole::Temp(seq)),
+        "tmp" | "prep" => Some(FileRole::Temp(seq)),
         _ => None,
     }
 }
@@ -880,6 +887,10 @@ mod tests {
             Some(FileRole::Spare(3))
         );
         assert_eq!(parse_file_name(&temp_file_name(4)), Some(FileRole::Temp(4)));
+        assert_eq!(
+            parse_file_name(&preparing_file_name(5)),
+            Some(FileRole::Temp(5))
+        );
         assert_eq!(parse_file_name("12.wal"), None);
         assert_eq!(parse_file_name("000000000000001x.wal"), None);
         assert_eq!(parse_file_name("0000000000000012.log"), None);

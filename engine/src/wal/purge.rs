@@ -403,9 +403,17 @@ fn zero_fill(file: &dyn SegmentFile) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Creates a spare file for future segment `seq` ahead of time.
-pub(crate) fn create_spare(fs: &dyn WalFs, config: &WalConfig, seq: u64) -> Result<(), WalError> {
-    let name = format::spare_file_name(seq);
+/// Creates a spare file for future segment `seq` ahead of time, under a
+/// name of its own that recovery deletes (a crash may interrupt it), and
+/// returns that name. The caller renames it to its spare name while holding
+/// the spare list's lock; creating it under that lock would stall every
+/// rotation for as long as zero-filling a segment takes.
+pub(crate) fn create_spare(
+    fs: &dyn WalFs,
+    config: &WalConfig,
+    seq: u64,
+) -> Result<String, WalError> {
+    let name = format::preparing_file_name(seq);
     create_file(fs, config, &name)?;
-    Ok(())
+    Ok(name)
 }

@@ -347,11 +347,11 @@ pub fn run_seed(seed: u64) -> Result<SeedReport, String> {
     let config = WalConfig {
         segment_bytes: [64u64 << 10, 128 << 10, 256 << 10][rng.below(3) as usize],
         cache_bytes_max: [0usize, 4 << 10, 64 << 10, 1 << 20][rng.below(4) as usize],
-        sync_mode: if rng.chance(20) {
-            SyncMode::SyncThread
-        } else {
-            SyncMode::LeaderFollower
-        },
+        sync_mode: [
+            SyncMode::Adaptive,
+            SyncMode::LeaderFollower,
+            SyncMode::SyncThread,
+        ][rng.below(3) as usize],
         recycle_segments_max: rng.below(3) as usize,
         segment_count_max: [3usize, 5, 8, 4096][rng.below(4) as usize],
         zero_fill_segments: rng.chance(50),

@@ -110,10 +110,19 @@ pub struct SimFsStats {
 /// [`SimFs::set_header_write_hook`].
 pub type HeaderWriteHook = Arc<dyn Fn() + Send + Sync>;
 
-#[derive(Clone, Default)]
-struct HookSlot(Arc<Mutex<Option<HeaderWriteHook>>>);
+/// A test's hook on file creation; see [`SimFs::set_create_hook`].
+pub type CreateHook = Arc<dyn Fn(&str) + Send + Sync>;
 
-impl std::fmt::Debug for HookSlot {
+#[derive(Clone)]
+struct HookSlot<H>(Arc<Mutex<Option<H>>>);
+
+impl<H> Default for HookSlot<H> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<H> std::fmt::Debug for HookSlot<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.lock().is_some() {
             "HookSlot(set)"
@@ -127,7 +136,8 @@ impl std::fmt::Debug for HookSlot {
 #[derive(Clone, Debug)]
 pub struct SimFs {
     state: Arc<Mutex<SimState>>,
-    header_hook: HookSlot,
+    header_hook: HookSlot<HeaderWriteHook>,
+    create_hook: HookSlot<CreateHook>,
 }
 
 impl SimFs {
@@ -150,6 +160,7 @@ impl SimFs {
                 capacity_bytes: None,
             })),
             header_hook: HookSlot::default(),
+            create_hook: HookSlot::default(),
         }
     }
 
@@ -160,6 +171,13 @@ impl SimFs {
     /// it there while other threads run. `None` removes the hook.
     pub fn set_header_write_hook(&self, hook: Option<HeaderWriteHook>) {
         *self.header_hook.0.lock() = hook;
+    }
+
+    /// Runs `hook` with the file's name before every file creation, outside
+    /// the disk's lock, so a test can hold a creation while other threads
+    /// run. `None` removes the hook.
+    pub fn set_create_hook(&self, hook: Option<CreateHook>) {
+        *self.create_hook.0.lock() = hook;
     }
 
     /// With probability `percent`/100 a crash tears the last unsynced write.
@@ -303,6 +321,10 @@ impl WalFs for SimFs {
     }
 
     fn create(&self, name: &str, len: u64) -> io::Result<Arc<dyn SegmentFile>> {
+        let hook = self.create_hook.0.lock().clone();
+        if let Some(hook) = hook {
+            hook(name);
+        }
         let mut s = self.state.lock();
         s.begin_op("create")?;
         if s.dir.contains_key(name) {

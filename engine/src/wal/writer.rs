@@ -5,12 +5,12 @@
 //! each against the log, writes them together as one record with one
 //! `pwritev` (header, the batches' encoded bytes, padding: never assembled
 //! in memory; the record crc is combined from crcs the appenders computed),
-//! issues one `fdatasync`, applies them to the index, and wakes exactly the
-//! appenders it served, each on its own slot (`Waiter`): appenders queued
-//! for a later round sleep on. A leader hands the role to the first of
-//! those before waking anyone. Who runs rounds is the [`SyncMode`]: the
-//! first waiting appender (leader/follower barrier) or a dedicated sync
-//! thread.
+//! issues one `fdatasync`, applies them to the index, and wakes the
+//! appenders it served: they all wait on one futex word of their round
+//! ([`RoundSignal`]), so appenders queued for a later round sleep on. Who
+//! runs rounds is the [`SyncMode`]: by default an appender that finds no
+//! round running runs one itself, and the dedicated sync thread takes over
+//! while appenders keep queueing.
 //!
 //! A round writes one record per sync, and no record is written before the
 //! previous one's sync returned. So at any moment at most one record of the
@@ -24,10 +24,10 @@
 
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use super::batch::{GroupId, WalItem, WriteBatch};
 use super::file::SegmentFile;
@@ -70,50 +70,137 @@ pub(crate) struct Pending {
 
 /// The queue between appenders and whoever runs rounds.
 ///
-/// Invariant (leader/follower mode): while `leader_active`, exactly one
-/// thread is leading a round or has been told to lead the next one, and
-/// every queued appender will be served by it or by a successor it names.
+/// Invariant: while `runner` is not `Idle`, exactly one thread is running a
+/// round or has been told to run the next one, and every queued appender
+/// will be served by it or by a successor it names.
 #[derive(Debug, Default)]
 pub(crate) struct CommitQueue {
     pending: Vec<Pending>,
+    /// Shared by every appender in `pending`.
+    open: Arc<RoundSignal>,
     next_ticket: u64,
-    leader_active: bool,
+    runner: Runner,
     poisoned: Option<String>,
     pub shutdown: bool,
 }
 
-/// Where one appender waits: its own lock and condition variable, so a
-/// finished round wakes exactly the appenders it served (and the next
-/// leader), never those queued for a later round.
-#[derive(Debug, Default)]
-pub(crate) struct Waiter {
-    state: Mutex<WaitState>,
-    cv: Condvar,
+/// Who runs the round after an appender's.
+enum Successor {
+    None,
+    SyncThread,
+    /// One of the appenders of this (the open) round.
+    Appender(Arc<RoundSignal>),
 }
 
-#[derive(Debug, Default)]
-enum WaitState {
+/// Who runs rounds at the moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Runner {
+    /// Nobody: the next appender (or the sync thread, in
+    /// [`SyncMode::SyncThread`]) takes the role.
     #[default]
-    Queued,
-    /// Lead the next round (leader/follower mode).
-    Lead,
-    /// The round that carried this appender's work finished.
-    Done(Result<WritePosition, WalError>),
+    Idle,
+    /// An appender, on its own call.
+    Appender,
+    /// The dedicated sync thread.
+    SyncThread,
+}
+
+/// Where one appender's result lands. Written once by the round that
+/// carried its work, before the round's [`RoundSignal`] says done.
+#[derive(Debug, Default)]
+pub(crate) struct Waiter {
+    result: Mutex<Option<Result<WritePosition, WalError>>>,
 }
 
 impl Waiter {
-    fn set(&self, state: WaitState) {
-        *self.state.lock() = state;
-        self.cv.notify_one();
+    fn set(&self, result: Result<WritePosition, WalError>) {
+        *self.result.lock() = Some(result);
     }
 
-    /// Blocks until told to lead or given the result, and takes that news.
-    fn wait(&self) -> WaitState {
-        let mut state = self.state.lock();
-        while matches!(*state, WaitState::Queued) {
-            self.cv.wait(&mut state);
+    fn take(&self) -> Result<WritePosition, WalError> {
+        self.result.lock().take().unwrap_or_else(|| {
+            Err(WalError::Poisoned {
+                reason: "a round finished without answering an appender".into(),
+            })
+        })
+    }
+}
+
+/// One futex word shared by every appender of one round, so a finished
+/// round wakes all of them with one system call rather than one per
+/// appender (measured: waking appenders one by one was a third of the CPU
+/// at 64 appenders). Appenders queue into the *open* round (the next one to
+/// be taken); taking it opens a new one.
+#[derive(Debug, Default)]
+pub(crate) struct RoundSignal {
+    state: AtomicU32,
+}
+
+impl RoundSignal {
+    /// Appenders wait; nothing to do.
+    const WAITING: u32 = 0;
+    /// Leader/follower mode: one appender of this round should claim the
+    /// leader role and run it.
+    const LEAD: u32 = 1;
+    /// The round finished; every appender's result is in its [`Waiter`].
+    /// One appender was woken; the first to see this state wakes the rest.
+    const DONE_WAKING: u32 = 2;
+    /// The round finished and all its appenders were woken.
+    const DONE: u32 = 3;
+
+    /// Asks one of this round's appenders to lead it.
+    fn request_leader(&self) {
+        self.state.store(Self::LEAD, Ordering::Release);
+        atomic_wait::wake_one(&self.state);
+    }
+
+    /// Says the round is done. Wakes only one appender: waking dozens costs
+    /// the kernel microseconds each, and the thread running rounds has the
+    /// next one to start, so the first appender up wakes the others (see
+    /// [`RoundSignal::wait`]).
+    fn finish(&self) {
+        self.state.store(Self::DONE_WAKING, Ordering::Release);
+        atomic_wait::wake_one(&self.state);
+    }
+
+    /// Blocks until the round is done (true) or this thread claimed the
+    /// leader role (false).
+    fn wait(&self) -> bool {
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                Self::DONE => return true,
+                Self::DONE_WAKING => {
+                    if self
+                        .state
+                        .compare_exchange(
+                            Self::DONE_WAKING,
+                            Self::DONE,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .is_ok()
+                    {
+                        atomic_wait::wake_all(&self.state);
+                    }
+                    return true;
+                }
+                Self::LEAD => {
+                    if self
+                        .state
+                        .compare_exchange(
+                            Self::LEAD,
+                            Self::WAITING,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .is_ok()
+                    {
+                        return false;
+                    }
+                }
+                _ => atomic_wait::wait(&self.state, Self::WAITING),
+            }
         }
-        std::mem::take(&mut *state)
     }
 }
 
@@ -179,76 +266,102 @@ impl Shared {
             work,
             waiter: Arc::clone(&waiter),
         });
-        let lead_now = match self.config.sync_mode {
-            SyncMode::SyncThread => false,
-            SyncMode::LeaderFollower => !std::mem::replace(&mut q.leader_active, true),
-        };
+        let round = Arc::clone(&q.open);
+        let mut lead_now = false;
+        let mut wake_sync_thread = false;
+        if q.runner == Runner::Idle {
+            if self.config.sync_mode == SyncMode::SyncThread {
+                q.runner = Runner::SyncThread;
+                wake_sync_thread = true;
+            } else {
+                q.runner = Runner::Appender;
+                lead_now = true;
+            }
+        }
         drop(q);
-        if self.config.sync_mode == SyncMode::SyncThread {
+        if wake_sync_thread {
             self.work_cv.notify_one();
         }
         if lead_now {
             self.lead_round();
         }
-        loop {
-            match waiter.wait() {
-                WaitState::Done(result) => return result,
-                WaitState::Lead => self.lead_round(),
-                WaitState::Queued => unreachable!("wait returns only news"),
-            }
+        while !round.wait() {
+            self.lead_round();
         }
+        waiter.take()
     }
 
-    /// Runs one round as the leader (`leader_active` is set and this thread
-    /// holds the role). The queue lock is released while the IO happens, so
-    /// followers keep queueing for the next round. Afterwards the role goes
-    /// to the first appender queued meanwhile, or is given up. (Keeping the
-    /// role for further rounds while work is queued was measured slower at
-    /// 64 threads, with a worse p99.)
+    /// Takes the queued work as the next round, opening a new one.
+    fn take_round(q: &mut CommitQueue) -> (Vec<Pending>, Arc<RoundSignal>, Option<String>) {
+        let work = std::mem::take(&mut q.pending);
+        let round = std::mem::take(&mut q.open);
+        (work, round, q.poisoned.clone())
+    }
+
+    /// Runs one round on an appender's call (the runner is `Appender` and
+    /// this thread holds the role). The queue lock is released while the IO
+    /// happens, so others keep queueing for the next round. Afterwards the
+    /// role is given up if nothing is queued; otherwise it goes to the sync
+    /// thread ([`SyncMode::Adaptive`]) or to an appender of the next round
+    /// ([`SyncMode::LeaderFollower`]).
     fn lead_round(&self) {
-        let (work, poisoned) = {
-            let mut q = self.commit.lock();
-            (std::mem::take(&mut q.pending), q.poisoned.clone())
-        };
+        let (work, round, poisoned) = Self::take_round(&mut self.commit.lock());
         let waiters = waiters_of(&work);
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.run_round(work, poisoned)));
-        let next_leader = {
+        let successor = {
             let mut q = self.commit.lock();
             if outcome.is_err() {
                 q.poisoned.get_or_insert_with(panic_reason);
             }
-            let next = q.pending.first().map(|p| Arc::clone(&p.waiter));
-            q.leader_active = next.is_some();
-            next
+            if q.pending.is_empty() {
+                q.runner = Runner::Idle;
+                Successor::None
+            } else if self.config.sync_mode == SyncMode::Adaptive {
+                q.runner = Runner::SyncThread;
+                Successor::SyncThread
+            } else {
+                Successor::Appender(Arc::clone(&q.open))
+            }
         };
         // The successor starts its round while this thread wakes the
         // appenders it served.
-        if let Some(next) = next_leader {
-            next.set(WaitState::Lead);
+        match successor {
+            Successor::None => {}
+            Successor::SyncThread => {
+                self.work_cv.notify_one();
+            }
+            Successor::Appender(next) => next.request_leader(),
         }
         match outcome {
-            Ok(results) => deliver(&waiters, results),
+            Ok(results) => deliver(&waiters, &round, results),
             Err(payload) => {
                 // Followers must not wait forever for a leader that died.
-                fail_after_panic(&waiters);
+                fail_after_panic(&waiters, &round);
                 panic::resume_unwind(payload);
             }
         }
         self.prepare_spare_if_due();
     }
 
-    /// Body of the dedicated sync thread.
+    /// Body of the dedicated sync thread: runs rounds while it holds the
+    /// role and work is queued, then gives the role up.
     pub(crate) fn sync_thread_main(&self) {
         loop {
-            let (work, poisoned) = {
+            let (work, round, poisoned) = {
                 let mut q = self.commit.lock();
-                while q.pending.is_empty() && !q.shutdown {
+                loop {
+                    if q.runner == Runner::SyncThread {
+                        if !q.pending.is_empty() {
+                            break;
+                        }
+                        q.runner = Runner::Idle;
+                    }
+                    if q.shutdown {
+                        return;
+                    }
                     self.work_cv.wait(&mut q);
                 }
-                if q.pending.is_empty() {
-                    return;
-                }
-                (std::mem::take(&mut q.pending), q.poisoned.clone())
+                Self::take_round(&mut q)
             };
             let waiters = waiters_of(&work);
             let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.run_round(work, poisoned)));
@@ -258,10 +371,10 @@ impl Shared {
             // order of file operations per seed).
             self.prepare_spare_if_due();
             match outcome {
-                Ok(results) => deliver(&waiters, results),
+                Ok(results) => deliver(&waiters, &round, results),
                 Err(_) => {
                     self.commit.lock().poisoned.get_or_insert_with(panic_reason);
-                    fail_after_panic(&waiters);
+                    fail_after_panic(&waiters, &round);
                 }
             }
         }
@@ -554,10 +667,30 @@ impl Shared {
     /// is harmless: a spare's name only identifies it (`retire_segment`
     /// checks for the clash), and a taken spare no longer has a `.spare`
     /// name (see `purge::take_spare`), so nothing here can touch it.
+    ///
+    /// The file is made without holding the spare list's lock (see
+    /// `purge::create_spare`), so a round asking whether a spare exists
+    /// never waits for one being zero-filled.
     fn create_spare_now(&self, seq: u64) {
+        let _one_at_a_time = self.creating_spare.lock();
+        if !self.spares.lock().is_empty() {
+            return;
+        }
+        let Ok(prepared) = purge::create_spare(&*self.fs, &self.config, seq) else {
+            return;
+        };
         let mut spares = self.spares.lock();
-        if spares.is_empty() && purge::create_spare(&*self.fs, &self.config, seq).is_ok() {
+        // Purge may have made a spare meanwhile; one is enough.
+        if spares.is_empty()
+            && self
+                .fs
+                .rename(&prepared, &format::spare_file_name(seq))
+                .is_ok()
+        {
             spares.push(seq);
+        } else {
+            drop(spares);
+            let _ = self.fs.remove(&prepared);
         }
     }
 
@@ -608,10 +741,10 @@ fn waiters_of(work: &[Pending]) -> Vec<(u64, Arc<Waiter>)> {
         .collect()
 }
 
-/// Hands every waiter of a round its result. A round answers each of its
-/// tickets exactly once; a ticket left unanswered would hang its appender,
-/// so it is failed instead (and debug builds stop).
-fn deliver(waiters: &[(u64, Arc<Waiter>)], results: RoundResults) {
+/// Hands every waiter of a round its result, then wakes them all. A round
+/// answers each of its tickets exactly once; a ticket left unanswered would
+/// hang its appender, so it is failed instead (and debug builds stop).
+fn deliver(waiters: &[(u64, Arc<Waiter>)], round: &RoundSignal, results: RoundResults) {
     let mut answered = vec![false; waiters.len()];
     for (ticket, result) in results {
         let slot = waiters
@@ -619,25 +752,26 @@ fn deliver(waiters: &[(u64, Arc<Waiter>)], results: RoundResults) {
             .expect("a round answers only its own tickets");
         debug_assert!(!answered[slot], "ticket {ticket} answered twice");
         answered[slot] = true;
-        waiters[slot].1.set(WaitState::Done(result));
+        waiters[slot].1.set(result);
     }
     for ((ticket, waiter), done) in waiters.iter().zip(answered) {
         debug_assert!(done, "ticket {ticket} left unanswered");
         if !done {
             let reason = format!("ticket {ticket} was not answered by its round");
-            waiter.set(WaitState::Done(Err(WalError::Poisoned { reason })));
+            waiter.set(Err(WalError::Poisoned { reason }));
         }
     }
+    round.finish();
 }
 
 /// Fails every waiter of a round that panicked (the WAL is poisoned).
-fn fail_after_panic(waiters: &[(u64, Arc<Waiter>)]) {
+fn fail_after_panic(waiters: &[(u64, Arc<Waiter>)], round: &RoundSignal) {
     for (_, waiter) in waiters {
-        let err = WalError::Poisoned {
+        waiter.set(Err(WalError::Poisoned {
             reason: panic_reason(),
-        };
-        waiter.set(WaitState::Done(Err(err)));
+        }));
     }
+    round.finish();
 }
 
 /// A batch's encoded bytes, the positions of its entries in them, and their
@@ -844,5 +978,66 @@ mod tests {
         for e in wal.entries(1, 1, last + 1, u64::MAX).unwrap() {
             assert_eq!(e, entry(e.index));
         }
+    }
+
+    /// Regression: the preparer held the spare list's lock while it created
+    /// and zero-filled a spare, and every round asks that list whether a
+    /// spare exists once the active segment is half full; so appends stalled
+    /// for as long as a segment took to zero-fill. Here the spare's creation
+    /// is held until the appends are done.
+    #[test]
+    fn appends_do_not_wait_for_a_spare_being_made() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+
+        let fs = SimFs::new(7);
+        let (entered_tx, entered_rx) = mpsc::channel::<()>();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let entered_tx = Mutex::new(entered_tx);
+        let release_rx = Mutex::new(release_rx);
+        fs.set_create_hook(Some(Arc::new(move |name: &str| {
+            if name.ends_with(".prep") {
+                let _ = entered_tx.lock().send(());
+                let _ = release_rx.lock().recv_timeout(Duration::from_secs(30));
+            }
+        })));
+        let config = WalConfig {
+            segment_bytes: 64 << 10,
+            cache_bytes_max: 0,
+            zero_fill_segments: false,
+            prepare_in_background: true,
+            ..WalConfig::default()
+        };
+        let wal = Arc::new(Wal::open_with_fs(Arc::new(fs.clone()), config).unwrap());
+        let appender = {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                let mut next = 1;
+                let mut append = || {
+                    let mut b = WriteBatch::new();
+                    b.add_entries(1, vec![entry(next)]);
+                    wal.append(b).unwrap();
+                    next += 1;
+                };
+                // Until the preparer is inside the spare's creation.
+                while entered_rx.try_recv().is_err() {
+                    append();
+                }
+                // The segment is at least half full: each of these rounds
+                // asks for a spare.
+                for _ in 0..3 {
+                    append();
+                }
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !appender.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let finished = appender.is_finished();
+        let _ = release_tx.send(());
+        appender.join().unwrap();
+        assert!(finished, "appends waited for the spare being made");
+        fs.set_create_hook(None);
     }
 }
