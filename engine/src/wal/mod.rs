@@ -65,7 +65,7 @@ mod writer;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -418,9 +418,23 @@ struct Shared {
     prepare: Mutex<writer::PrepareRequest>,
     prepare_cv: Condvar,
     counters: Counters,
+    /// Set with `CommitQueue::poisoned`, readable without its lock: reads
+    /// fail once the WAL is poisoned, since the index may then describe
+    /// writes whose sync failed.
+    poisoned: AtomicBool,
 }
 
 impl Shared {
+    fn check_not_poisoned(&self) -> Result<(), WalError> {
+        if !self.poisoned.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let reason = self.commit.lock().poisoned.clone();
+        Err(WalError::Poisoned {
+            reason: reason.unwrap_or_default(),
+        })
+    }
+
     /// The index names segments by file name only; errors leaving the WAL
     /// carry the full path.
     fn with_full_path(&self, err: WalError) -> WalError {
@@ -476,6 +490,7 @@ impl Wal {
             prepare: Mutex::new(writer::PrepareRequest::default()),
             prepare_cv: Condvar::new(),
             counters: Counters::default(),
+            poisoned: AtomicBool::new(false),
             config,
         });
         let sync_thread = match shared.config.sync_mode {
@@ -510,6 +525,13 @@ impl Wal {
     /// Appends `batch` and returns once it is durable. Concurrent calls share
     /// one sync. The batch is validated against the log first; an invalid
     /// batch is rejected whole with [`WalError::InvalidBatch`].
+    ///
+    /// Visibility: the batch is readable (entries, terms, indexes, hard
+    /// state) from the moment its record is written, slightly before the
+    /// sync makes it durable and this call returns; a leader may ship such
+    /// entries, as Raft allows. If that sync fails, the WAL is poisoned:
+    /// appends, [`Wal::entries`] and [`Wal::term`] fail from then on, and
+    /// only reopening (which recovers what is durable) clears it.
     pub fn append(&self, batch: WriteBatch) -> Result<WritePosition, WalError> {
         self.shared.append(batch)
     }
@@ -524,6 +546,7 @@ impl Wal {
         hi: u64,
         max_bytes: u64,
     ) -> Result<Vec<LogEntry>, WalError> {
+        self.shared.check_not_poisoned()?;
         let result = self.shared.index.read().entries(group, lo, hi, max_bytes);
         result.map_err(|e| self.shared.with_full_path(e))
     }
@@ -531,6 +554,7 @@ impl Wal {
     /// Term of entry `index` of `group`; also answers for `first_index - 1`
     /// (the entry before the log, known from compaction or the snapshot).
     pub fn term(&self, group: GroupId, index: u64) -> Result<u64, WalError> {
+        self.shared.check_not_poisoned()?;
         self.shared.index.read().term(group, index)
     }
 
@@ -544,7 +568,8 @@ impl Wal {
         self.shared.index.read().last_index(group)
     }
 
-    /// Latest durable hard state of `group`.
+    /// Latest hard state of `group` (see the visibility note on
+    /// [`Wal::append`]).
     pub fn hard_state(&self, group: GroupId) -> Option<HardState> {
         self.shared.index.read().hard_state(group)
     }
