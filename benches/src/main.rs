@@ -82,6 +82,10 @@ struct WalArgs {
     /// Skip raft-engine (for profiling flotilla alone).
     #[arg(long)]
     flotilla_only: bool,
+    /// Runs of each engine per cell, alternating flotilla and raft-engine;
+    /// the table shows each engine's median run (by entries/s).
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    repeat: usize,
     /// flotilla's group-commit strategy (to compare them).
     #[arg(long, value_enum, default_value_t = SyncModeArg::Adaptive)]
     sync_mode: SyncModeArg,
@@ -284,17 +288,28 @@ fn run_wal(args: WalArgs) {
             cell.threads,
             cell.entries_per_write
         );
-        let dir = wal::fresh_dir(&args.dir, "flotilla");
-        let config = flotilla::wal::WalConfig {
-            zero_fill_segments: std::env::var("FLOTILLA_BENCH_ZERO_FILL")
-                .map_or(true, |v| v != "0"),
-            sync_mode: args.sync_mode.into(),
-
-            ..flotilla::wal::WalConfig::default()
-        };
-        let flotilla = wal::FlotillaLog::open(&dir, config);
-        let ours = wal::run_cell(&flotilla, cell, duration);
-        drop(flotilla);
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..args.repeat {
+            let dir = wal::fresh_dir(&args.dir, "flotilla");
+            let config = flotilla::wal::WalConfig {
+                zero_fill_segments: std::env::var("FLOTILLA_BENCH_ZERO_FILL")
+                    .map_or(true, |v| v != "0"),
+                sync_mode: args.sync_mode.into(),
+                ..flotilla::wal::WalConfig::default()
+            };
+            let flotilla = wal::FlotillaLog::open(&dir, config);
+            ours.push(wal::run_cell(&flotilla, cell, duration));
+            drop(flotilla);
+            if args.flotilla_only {
+                continue;
+            }
+            let dir = wal::fresh_dir(&args.dir, "raft-engine");
+            let engine = wal::RaftEngineLog::open(&dir);
+            theirs.push(wal::run_cell(&engine, cell, duration));
+            drop(engine);
+        }
+        let ours = wal::median_run(ours);
         if args.flotilla_only {
             println!(
                 "flotilla {}x{}x{}: {:.0} entries/s, p50 {} us, p99 {} us, {:.0} syncs/s",
@@ -308,11 +323,7 @@ fn run_wal(args: WalArgs) {
             );
             continue;
         }
-        let dir = wal::fresh_dir(&args.dir, "raft-engine");
-        let engine = wal::RaftEngineLog::open(&dir);
-        let theirs = wal::run_cell(&engine, cell, duration);
-        drop(engine);
-        rows.push((ours, theirs));
+        rows.push((ours, wal::median_run(theirs)));
     }
     let _ = std::fs::remove_dir_all(args.dir.join("flotilla"));
     let _ = std::fs::remove_dir_all(args.dir.join("raft-engine"));
@@ -328,7 +339,7 @@ fn run_wal(args: WalArgs) {
         figures
     });
 
-    print_report(&disk, &rows, recovery);
+    print_report(&disk, &rows, recovery, args.repeat);
 }
 
 fn fmt_syncs(result: &wal::CellResult) -> String {
@@ -341,6 +352,7 @@ fn print_report(
     disk: &[wal::DiskResult],
     rows: &[(wal::CellResult, wal::CellResult)],
     recovery: Option<(Duration, Duration, u64)>,
+    repeat: usize,
 ) {
     println!();
     println!("disk: write + fdatasync in a loop (same run)");
@@ -355,7 +367,9 @@ fn print_report(
         );
     }
     println!();
-    println!("WAL: 256-byte entries, every write synced; ratio = flotilla / raft-engine entries/s");
+    println!(
+        "WAL: 256-byte entries, every write synced; each engine's median of {repeat} alternating runs; ratio = flotilla / raft-engine entries/s"
+    );
     println!(
         "{:>7} {:>7} {:>5} | {:>12} {:>8} {:>8} {:>8} {:>8} | {:>12} {:>8} {:>8} {:>8} {:>8} | {:>6}",
         "groups", "threads", "e/w",

@@ -353,10 +353,23 @@ pub fn measure_recovery(dir: &Path, groups: u64, total_bytes: u64) -> (Duration,
     (write_time, recovery, recovered_groups)
 }
 
-/// Fresh, empty directory for one run of one engine.
+/// Fresh, empty directory for one run of one engine. The previous run's
+/// files are deleted and everything is flushed first, so neither engine
+/// pays for the other's leftovers during its run.
 pub fn fresh_dir(base: &Path, name: &str) -> PathBuf {
     let dir = base.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::thread::sleep(Duration::from_millis(200));
     dir
+}
+
+/// The run with the median throughput (the upper one of an even count).
+pub fn median_run(mut runs: Vec<CellResult>) -> CellResult {
+    assert!(!runs.is_empty(), "at least one run per cell");
+    runs.sort_by(|a, b| a.entries_per_sec().total_cmp(&b.entries_per_sec()));
+    let middle = runs.len() / 2;
+    runs.swap_remove(middle)
 }

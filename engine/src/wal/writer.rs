@@ -307,7 +307,9 @@ impl Shared {
     fn lead_round(&self) {
         let (work, round, poisoned) = Self::take_round(&mut self.commit.lock());
         let waiters = waiters_of(&work);
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.run_round(work, poisoned)));
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            self.run_round(work, poisoned, &mut None)
+        }));
         let successor = {
             let mut q = self.commit.lock();
             if outcome.is_err() {
@@ -345,33 +347,59 @@ impl Shared {
 
     /// Body of the dedicated sync thread: runs rounds while it holds the
     /// role and work is queued, then gives the role up.
+    ///
+    /// A finished round's appenders are woken once the next round's record
+    /// is written and on its way to the disk, so the system calls that wake
+    /// them overlap the disk's work instead of delaying it; with nothing
+    /// queued they are woken at once.
     pub(crate) fn sync_thread_main(&self) {
+        let mut finished: Option<Finished> = None;
         loop {
-            let (work, round, poisoned) = {
+            let next = {
                 let mut q = self.commit.lock();
                 loop {
                     if q.runner == Runner::SyncThread {
                         if !q.pending.is_empty() {
-                            break;
+                            break Some(Self::take_round(&mut q));
                         }
                         q.runner = Runner::Idle;
+                    }
+                    if finished.is_some() {
+                        break None;
                     }
                     if q.shutdown {
                         return;
                     }
                     self.work_cv.wait(&mut q);
                 }
-                Self::take_round(&mut q)
+            };
+            let Some((work, round, poisoned)) = next else {
+                if let Some(done) = finished.take() {
+                    done.deliver();
+                }
+                continue;
             };
             let waiters = waiters_of(&work);
-            let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.run_round(work, poisoned)));
+            let mut wake_previous = finished.take();
+            let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+                self.run_round(work, poisoned, &mut wake_previous)
+            }));
+            if let Some(done) = wake_previous.take() {
+                done.deliver();
+            }
             // Before waking anyone: without a preparer thread this may do
             // file operations, and once an appender returns they would race
             // with whatever its caller does next (the simulator must see one
             // order of file operations per seed).
             self.prepare_spare_if_due();
             match outcome {
-                Ok(results) => deliver(&waiters, &round, results),
+                Ok(results) => {
+                    finished = Some(Finished {
+                        waiters,
+                        round,
+                        results,
+                    });
+                }
                 Err(_) => {
                     self.poison_locked(&mut self.commit.lock(), panic_reason);
                     fail_after_panic(&waiters, &round);
@@ -393,7 +421,14 @@ impl Shared {
     }
 
     /// Writes, syncs and indexes `work`; returns one result per ticket.
-    fn run_round(&self, work: Vec<Pending>, poisoned: Option<String>) -> RoundResults {
+    /// `on_written`, if given, is delivered once the first record is written
+    /// and on its way to the disk (by the caller if no record is written).
+    fn run_round(
+        &self,
+        work: Vec<Pending>,
+        poisoned: Option<String>,
+        on_written: &mut Option<Finished>,
+    ) -> RoundResults {
         if let Some(reason) = poisoned {
             return work
                 .into_iter()
@@ -409,7 +444,7 @@ impl Shared {
         let mut results = RoundResults::new();
         let mut units: VecDeque<Unit> = self.prepare_units(work, &tail, &mut results).into();
         while !units.is_empty() {
-            if let Err(err) = self.write_record(&mut tail, &mut units, &mut results) {
+            if let Err(err) = self.write_record(&mut tail, &mut units, &mut results, on_written) {
                 results.extend(units.iter().map(|u| (u.ticket, Err(err.duplicate()))));
                 break;
             }
@@ -503,6 +538,7 @@ impl Shared {
         tail: &mut Tail,
         units: &mut VecDeque<Unit>,
         results: &mut RoundResults,
+        on_written: &mut Option<Finished>,
     ) -> Result<(), WalError> {
         self.ensure_room(tail, units[0].encoded.bytes.len(), units[0].may_use_reserve)?;
         let room = tail.file.size_bytes() - tail.offset - format::SEAL_BYTES as u64;
@@ -532,6 +568,9 @@ impl Shared {
         self.write_parts(tail, &parts)?;
         drop(parts);
         tail.offset += format::record_bytes(payload_len);
+        if let Some(done) = on_written.take() {
+            done.deliver();
+        }
         // Indexed while the disk writes the record (the write-out started
         // above): at 64 appenders indexing takes about as long as the sync,
         // and doing it first made every round that much longer. So entries
@@ -782,6 +821,19 @@ fn waiters_of(work: &[Pending]) -> Vec<(u64, Arc<Waiter>)> {
     work.iter()
         .map(|p| (p.ticket, Arc::clone(&p.waiter)))
         .collect()
+}
+
+/// A round written and synced whose appenders are not woken yet.
+pub(crate) struct Finished {
+    waiters: Vec<(u64, Arc<Waiter>)>,
+    round: Arc<RoundSignal>,
+    results: RoundResults,
+}
+
+impl Finished {
+    fn deliver(self) {
+        deliver(&self.waiters, &self.round, self.results);
+    }
 }
 
 /// Hands every waiter of a round its result, then wakes them all. A round
