@@ -40,8 +40,9 @@ pub(crate) struct EntryLoc {
 /// One group's log.
 ///
 /// Invariants: `first >= 1`; `entries[i]` is the entry with index
-/// `first + i`; `last = first - 1 + entries.len()`; `cache` holds the entries
-/// with indexes `last + 1 - cache.len() ..= last`.
+/// `first + i`; `last = first - 1 + entries.len()`; `cache` holds runs of
+/// consecutive entries, in order and without gaps, ending at `last` when
+/// not empty.
 #[derive(Debug)]
 pub(crate) struct GroupLog {
     pub first: u64,
@@ -54,7 +55,7 @@ pub(crate) struct GroupLog {
     pub hard_state: Option<HardState>,
     /// Segment holding the latest hard state.
     pub hard_state_seq: u64,
-    cache: VecDeque<CachedEntry>,
+    cache: VecDeque<CachedRun>,
     anchor: Anchor,
 }
 
@@ -67,28 +68,28 @@ pub(crate) struct BatchBytes {
     pub base: u64,
 }
 
-/// A cached entry: where its encoding sits in the batch it was written
-/// with. The batch's buffer lives until its last cached entry leaves, so the
-/// memory held can exceed the cache bound by at most one batch per group
-/// still partly cached.
+/// Cached entries `first..=last` of a group, all written in one batch:
+/// their encodings lie in `batch`, where the group's [`EntryLoc`]s say
+/// (`base` is the segment offset of `batch[0]`). One record per appended
+/// run, not per entry, so caching a 16-entry append costs one reference
+/// count and one push. The batch's buffer lives until its last cached run
+/// leaves, so the memory held can exceed the cache bound by at most one
+/// batch per group still partly cached.
 #[derive(Clone, Debug)]
-struct CachedEntry {
-    index: u64,
+struct CachedRun {
+    first: u64,
+    last: u64,
     batch: Arc<Vec<u8>>,
-    offset: u32,
-    len: u32,
+    base: u64,
+    /// What the run counts against the cache bound: the sum of
+    /// [`entry_cost_bytes`] over its entries.
+    cost: usize,
 }
 
-impl CachedEntry {
-    /// What the entry counts against the cache bound:
-    /// [`LogEntry::size_bytes`] of the decoded entry.
-    fn cost_bytes(&self) -> usize {
-        self.len as usize - format::ENTRY_FIXED_BYTES + ENTRY_OVERHEAD_BYTES
-    }
-
-    fn encoded(&self) -> &[u8] {
-        &self.batch[self.offset as usize..(self.offset + self.len) as usize]
-    }
+/// What one cached entry counts against the cache bound:
+/// [`LogEntry::size_bytes`] of the decoded entry.
+fn entry_cost_bytes(loc: &EntryLoc) -> usize {
+    loc.len as usize - format::ENTRY_FIXED_BYTES + ENTRY_OVERHEAD_BYTES
 }
 
 /// How well recovery knows where a group's log starts (see the module doc).
@@ -129,7 +130,60 @@ impl GroupLog {
     }
 
     fn cache_first(&self) -> u64 {
-        self.last() + 1 - self.cache.len() as u64
+        self.cache.front().map_or(self.last() + 1, |run| run.first)
+    }
+
+    /// Cost of entries `lo..=hi` (all in the log).
+    fn cost_of(&self, lo: u64, hi: u64) -> usize {
+        let at = |i: u64| (i - self.first) as usize;
+        self.entries
+            .range(at(lo)..=at(hi))
+            .map(entry_cost_bytes)
+            .sum()
+    }
+
+    /// Uncaches entries `>= from`; call before the log drops them.
+    fn uncache_from(&mut self, from: u64, delta: &mut CacheDelta) {
+        while let Some(run) = self.cache.back() {
+            if run.first >= from {
+                let run = self.cache.pop_back().expect("back checked");
+                delta.remove(run.cost, 1);
+            } else if run.last >= from {
+                let cost = self.cost_of(from, run.last);
+                let run = self.cache.back_mut().expect("back checked");
+                run.last = from - 1;
+                run.cost -= cost;
+                delta.remove(cost, 0);
+                break;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Uncaches entries `< to`; call before the log drops them.
+    fn uncache_below(&mut self, to: u64, delta: &mut CacheDelta) {
+        while let Some(run) = self.cache.front() {
+            if run.last < to {
+                let run = self.cache.pop_front().expect("front checked");
+                delta.remove(run.cost, 1);
+            } else if run.first < to {
+                let cost = self.cost_of(run.first, to - 1);
+                let run = self.cache.front_mut().expect("front checked");
+                run.first = to;
+                run.cost -= cost;
+                delta.remove(cost, 0);
+                break;
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn uncache_all(&mut self, delta: &mut CacheDelta) {
+        for run in self.cache.drain(..) {
+            delta.remove(run.cost, 1);
+        }
     }
 }
 
@@ -141,18 +195,35 @@ pub(crate) enum ApplyMode<'a> {
     Recovery,
 }
 
-/// The global byte bound of the entry cache. Entries are evicted in the order
+/// The global byte bound of the entry cache. Runs are evicted in the order
 /// they were inserted (FIFO across groups). The queue holds one key per
-/// appended run of entries, its last index: evicting the key evicts the
-/// group's cached entries up to it, so a 16-entry append costs one key and
-/// one group lookup at eviction instead of sixteen. It may hold stale keys
-/// of entries already truncated, which are skipped.
+/// cached run, its last index: evicting the key evicts the group's cached
+/// runs up to it. It may hold stale keys of entries already truncated,
+/// which are skipped.
 #[derive(Debug, Default)]
 struct CacheBudget {
     bytes: usize,
     bytes_max: usize,
     fifo: VecDeque<(GroupId, u64)>,
+    /// Runs cached.
     live: usize,
+}
+
+/// How applying one item changed the cache.
+#[derive(Debug, Default)]
+struct CacheDelta {
+    added_bytes: usize,
+    removed_bytes: usize,
+    removed_runs: usize,
+    /// Last index of the run added, if one was.
+    added_run_last: Option<u64>,
+}
+
+impl CacheDelta {
+    fn remove(&mut self, bytes: usize, runs: usize) {
+        self.removed_bytes += bytes;
+        self.removed_runs += runs;
+    }
 }
 
 #[derive(Debug)]
@@ -165,14 +236,6 @@ pub(crate) struct Index {
     /// starts fresh and exactly known.
     pub replay_from_origin: bool,
     cache: CacheBudget,
-    scratch: Scratch,
-}
-
-/// Buffers `apply` reuses so that applying an item allocates nothing.
-#[derive(Debug, Default)]
-struct Scratch {
-    dropped: Vec<CachedEntry>,
-    added: Vec<(u64, usize)>,
 }
 
 impl Index {
@@ -186,7 +249,6 @@ impl Index {
                 bytes_max: cache_bytes_max,
                 ..CacheBudget::default()
             },
-            scratch: Scratch::default(),
         }
     }
 
@@ -211,8 +273,10 @@ impl Index {
         };
         let live = batch.is_some();
         if let WalItem::GroupRemoved { .. } = item {
-            if let Some(g) = self.groups.remove(&group) {
-                self.uncache_all(g.cache.iter());
+            if let Some(mut g) = self.groups.remove(&group) {
+                let mut delta = CacheDelta::default();
+                g.uncache_all(&mut delta);
+                self.account(group, &delta);
             }
             if !live {
                 // Known from here on: a re-created group starts fresh.
@@ -228,21 +292,10 @@ impl Index {
                 Anchor::Unknown
             })
         });
-        let mut dropped = std::mem::take(&mut self.scratch.dropped);
-        let mut added = std::mem::take(&mut self.scratch.added);
-        let result = apply_to_group(g, group, item, seq, spans, batch, &mut dropped, &mut added);
+        let mut delta = CacheDelta::default();
+        let result = apply_to_group(g, group, item, seq, spans, batch, &mut delta);
         let now_default = g.is_default();
-        self.uncache_all(dropped.iter());
-        for &(_, bytes) in &added {
-            self.cache.bytes += bytes;
-            self.cache.live += 1;
-        }
-        if let Some(&(last, _)) = added.last() {
-            self.cache.fifo.push_back((group, last));
-        }
-        dropped.clear();
-        added.clear();
-        self.scratch = Scratch { dropped, added };
+        self.account(group, &delta);
         if live {
             if now_default {
                 self.groups.remove(&group);
@@ -252,10 +305,13 @@ impl Index {
         result
     }
 
-    fn uncache_all<'a>(&mut self, entries: impl Iterator<Item = &'a CachedEntry>) {
-        for e in entries {
-            self.cache.bytes -= e.cost_bytes();
-            self.cache.live -= 1;
+    fn account(&mut self, group: GroupId, delta: &CacheDelta) {
+        let c = &mut self.cache;
+        c.bytes = c.bytes + delta.added_bytes - delta.removed_bytes;
+        c.live -= delta.removed_runs;
+        if let Some(last) = delta.added_run_last {
+            c.live += 1;
+            c.fifo.push_back((group, last));
         }
     }
 
@@ -267,13 +323,13 @@ impl Index {
             let Some(g) = self.groups.get_mut(&group) else {
                 continue;
             };
-            while g.cache.front().is_some_and(|e| e.index <= index) {
-                let e = g.cache.pop_front().expect("front checked");
-                self.cache.bytes -= e.cost_bytes();
+            while g.cache.front().is_some_and(|run| run.last <= index) {
+                let run = g.cache.pop_front().expect("front checked");
+                self.cache.bytes -= run.cost;
                 self.cache.live -= 1;
             }
         }
-        // Keep the queue within a constant factor of the live entries: drop
+        // Keep the queue within a constant factor of the live runs: drop
         // keys of entries no longer cached and all but the newest key of an
         // index that was truncated and appended again. Afterwards the queue
         // holds at most one key per cached entry, so this runs rarely.
@@ -399,10 +455,11 @@ impl Index {
             reason,
         };
         if !g.cache.is_empty() && index >= g.cache_first() {
-            let cached = &g.cache[(index - g.cache_first()) as usize];
+            let run = &g.cache[g.cache.partition_point(|run| run.last < index)];
+            let at = (loc.offset - run.base) as usize;
             // The bytes that were written, kept in memory: checked like a
             // read from the segment.
-            return format::decode_entry(group, cached.encoded())
+            return format::decode_entry(group, &run.batch[at..at + loc.len as usize])
                 .map_err(|e| corrupt(format!("group {group} cached entry {index}: {e}")));
         }
         let file = self
@@ -424,9 +481,8 @@ impl Index {
     }
 }
 
-/// Applies a non-removal item to one group. Entries dropped from the cache
-/// are pushed to `dropped`, and `(index, bytes)` of entries added to it to
-/// `added`, so the caller can keep the global budget.
+/// Applies a non-removal item to one group, recording in `delta` how the
+/// cache changed so the caller can keep the global budget.
 #[allow(clippy::too_many_arguments)]
 fn apply_to_group(
     g: &mut GroupLog,
@@ -435,8 +491,7 @@ fn apply_to_group(
     seq: u64,
     spans: &[EntrySpan],
     batch: Option<&BatchBytes>,
-    dropped: &mut Vec<CachedEntry>,
-    added: &mut Vec<(u64, usize)>,
+    delta: &mut CacheDelta,
 ) -> Result<(), String> {
     match item {
         WalItem::Entries { entries, .. } => {
@@ -451,7 +506,7 @@ fn apply_to_group(
             }
             let fits = i >= g.first && i <= g.last() + 1;
             if g.anchor == Anchor::Unknown || (g.anchor == Anchor::Inferred && !fits) {
-                reanchor(g, i.max(1), dropped);
+                reanchor(g, i.max(1), delta);
             } else if !fits {
                 return Err(format!(
                     "group {group}: entries start at {i}, log holds {}..={}",
@@ -459,27 +514,31 @@ fn apply_to_group(
                     g.last()
                 ));
             }
-            truncate_from(g, i, dropped);
+            truncate_from(g, i, delta);
+            let mut cost = 0;
             for (e, span) in entries.iter().zip(spans) {
-                g.entries.push_back(EntryLoc {
+                let loc = EntryLoc {
                     term: e.term,
                     seq,
                     offset: span.offset,
                     len: span.len,
-                });
+                };
+                cost += entry_cost_bytes(&loc);
+                g.entries.push_back(loc);
             }
             if let Some(batch) = batch {
-                for (e, span) in entries.iter().zip(spans) {
-                    let cached = CachedEntry {
-                        index: e.index,
-                        batch: Arc::clone(&batch.bytes),
-                        offset: u32::try_from(span.offset - batch.base)
-                            .expect("an entry lies inside its batch"),
-                        len: span.len,
-                    };
-                    added.push((e.index, cached.cost_bytes()));
-                    g.cache.push_back(cached);
-                }
+                let last = i + entries.len() as u64 - 1;
+                debug_assert!(spans.iter().all(|s| s.offset >= batch.base
+                    && s.offset + u64::from(s.len) <= batch.base + batch.bytes.len() as u64));
+                g.cache.push_back(CachedRun {
+                    first: i,
+                    last,
+                    batch: Arc::clone(&batch.bytes),
+                    base: batch.base,
+                    cost,
+                });
+                delta.added_bytes += cost;
+                delta.added_run_last = Some(last);
             }
         }
         WalItem::HardState { state, .. } => {
@@ -490,7 +549,7 @@ fn apply_to_group(
             match g.anchor {
                 Anchor::Unknown => return Ok(()),
                 Anchor::Inferred if from_index < g.first => {
-                    reanchor(g, from_index.max(1), dropped);
+                    reanchor(g, from_index.max(1), delta);
                     return Ok(());
                 }
                 _ => {}
@@ -501,13 +560,13 @@ fn apply_to_group(
                     g.first
                 ));
             }
-            truncate_from(g, from_index, dropped);
+            truncate_from(g, from_index, delta);
         }
         WalItem::CompactPrefix { to_index, .. } => {
             match g.anchor {
                 Anchor::Unknown => return Ok(()),
                 Anchor::Inferred if to_index > g.last() + 1 => {
-                    reanchor(g, to_index.max(1), dropped);
+                    reanchor(g, to_index.max(1), delta);
                     return Ok(());
                 }
                 _ => {}
@@ -519,26 +578,24 @@ fn apply_to_group(
                 ));
             }
             if to_index > g.first {
+                g.uncache_below(to_index, delta);
                 let n = (to_index - g.first) as usize;
                 let prev = g.entries[n - 1];
                 g.prev_term = prev.term;
                 g.prev_seq = Some(prev.seq);
                 g.entries.drain(..n);
                 g.first = to_index;
-                while g.cache.front().is_some_and(|e| e.index < to_index) {
-                    dropped.push(g.cache.pop_front().expect("front checked"));
-                }
             }
         }
         WalItem::SnapshotMarker { index, term, .. } => {
             let first = index
                 .checked_add(1)
                 .ok_or_else(|| format!("group {group}: snapshot index {index} overflows"))?;
+            g.uncache_all(delta);
             g.first = first;
             g.prev_term = term;
             g.prev_seq = Some(seq);
             g.entries.clear();
-            dropped.extend(g.cache.drain(..));
             g.anchor = Anchor::Exact;
         }
         WalItem::GroupRemoved { .. } => unreachable!("handled by Index::apply"),
@@ -547,25 +604,23 @@ fn apply_to_group(
 }
 
 /// Recovery only: restarts an inferred log as empty at `first`.
-fn reanchor(g: &mut GroupLog, first: u64, dropped: &mut Vec<CachedEntry>) {
+fn reanchor(g: &mut GroupLog, first: u64, delta: &mut CacheDelta) {
+    g.uncache_all(delta);
     g.first = first;
     g.prev_term = 0;
     g.prev_seq = None;
     g.entries.clear();
-    dropped.extend(g.cache.drain(..));
     g.anchor = Anchor::Inferred;
 }
 
 /// Drops entries with index `>= from` (no-op past the end).
-fn truncate_from(g: &mut GroupLog, from: u64, dropped: &mut Vec<CachedEntry>) {
+fn truncate_from(g: &mut GroupLog, from: u64, delta: &mut CacheDelta) {
     if from > g.last() {
         return;
     }
+    g.uncache_from(from, delta);
     let keep = (from - g.first) as usize;
     g.entries.truncate(keep);
-    while g.cache.back().is_some_and(|e| e.index >= from) {
-        dropped.push(g.cache.pop_back().expect("back checked"));
-    }
 }
 
 /// Per-round view of `(first, last)` per group for validating batches before
@@ -717,7 +772,10 @@ mod tests {
         assert_eq!(index.last_index(1), 5 + 19_999 % 3);
         let g = &index.groups[&1];
         assert_eq!(g.cache.len(), index.cache.live);
-        assert_eq!(g.cache.back().map(|e| e.index), Some(g.last()));
+        assert_eq!(g.cache.back().map(|run| run.last), Some(g.last()));
+        let cost: usize = g.cache.iter().map(|run| run.cost).sum();
+        assert_eq!(cost, index.cache.bytes);
+        assert_eq!(cost, g.cost_of(g.cache_first(), g.last()));
         let last = index.entry(1, g.last()).unwrap();
         assert_eq!((last.index, last.data.len()), (g.last(), 10));
     }
