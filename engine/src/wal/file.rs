@@ -70,6 +70,13 @@ pub trait SegmentFile: Send + Sync + fmt::Debug {
     /// of its work done. Durability still comes only from that sync.
     /// Advisory: the default does nothing.
     fn start_writeback(&self, _offset: u64, _len: u64) {}
+    /// Writes `len` bytes at `offset` out to the disk and waits for that,
+    /// without the cache flush (and journal commit) of a sync: not durable,
+    /// but it paces a large write so the disk's queue never holds much of
+    /// it. The default syncs, which is at least as strong.
+    fn write_out(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        self.sync_data()
+    }
     /// Hints that the file's cached pages will not be needed soon: the
     /// segment is sealed and synced, and its recent entries are in the
     /// entry cache. Freeing them lets the kernel reuse those pages for the
@@ -334,6 +341,32 @@ impl SegmentFile for DiskSegment {
         }
         #[cfg(not(target_os = "linux"))]
         let _ = (offset, len);
+    }
+
+    fn write_out(&self, offset: u64, len: u64) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+                return self.sync_data();
+            };
+            let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+            // SAFETY: the descriptor is valid for the lifetime of
+            // `self.file`; sync_file_range takes no pointers.
+            let rc = unsafe { libc::sync_file_range(self.file.as_raw_fd(), offset, len, flags) };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (offset, len);
+            self.sync_data()
+        }
     }
 
     fn release_cache(&self) {

@@ -383,24 +383,24 @@ fn create_file(
 /// Writes zeros over the whole file and syncs, converting its extents to
 /// "written" so later syncs do not also journal the conversion.
 ///
-/// Syncs every few MiB: one sync of the whole 64 MiB at the end would put
-/// that much in the disk's queue at once, and every append syncing meanwhile
-/// would wait behind it (multi-millisecond stalls at p99).
+/// Paced: each MiB is written out to the disk and waited for before the
+/// next (no cache flush), then one sync at the end. Writing all 64 MiB
+/// before one sync would put that much in the disk's queue at once, and
+/// every append syncing meanwhile would wait behind it; syncing every few
+/// MiB instead (as before) interleaved sixteen cache flushes with the
+/// appends' own (p99 of 3+ ms at 64 appenders).
 fn zero_fill(file: &dyn SegmentFile) -> std::io::Result<()> {
     const CHUNK_BYTES: u64 = 1 << 20;
-    const SYNC_EVERY_BYTES: u64 = 4 << 20;
     let zeros = vec![0u8; CHUNK_BYTES as usize];
     let len = file.size_bytes();
     let mut offset = 0;
     while offset < len {
         let n = (len - offset).min(CHUNK_BYTES);
         file.write_at(offset, &zeros[..n as usize])?;
+        file.write_out(offset, n)?;
         offset += n;
-        if offset % SYNC_EVERY_BYTES == 0 || offset == len {
-            file.sync_data()?;
-        }
     }
-    Ok(())
+    file.sync_data()
 }
 
 /// Creates a spare file for future segment `seq` ahead of time, under a
