@@ -261,7 +261,7 @@ impl Index {
     /// segment offsets of its entries. `Err` carries the broken rule.
     pub fn apply(
         &mut self,
-        item: WalItem,
+        item: &WalItem,
         seq: u64,
         spans: &[EntrySpan],
         mode: ApplyMode<'_>,
@@ -487,14 +487,14 @@ impl Index {
 fn apply_to_group(
     g: &mut GroupLog,
     group: GroupId,
-    item: WalItem,
+    item: &WalItem,
     seq: u64,
     spans: &[EntrySpan],
     batch: Option<&BatchBytes>,
     delta: &mut CacheDelta,
 ) -> Result<(), String> {
-    match item {
-        WalItem::Entries { entries, .. } => {
+    match *item {
+        WalItem::Entries { ref entries, .. } => {
             let Some(head) = entries.first() else {
                 return Ok(());
             };
@@ -759,12 +759,12 @@ mod tests {
         let mut index = Index::new(2_000);
         let (item, spans, batch) = entries(1..=4, 10);
         index
-            .apply(item, 1, &spans, ApplyMode::Live(&batch))
+            .apply(&item, 1, &spans, ApplyMode::Live(&batch))
             .unwrap();
         for round in 0..20_000u64 {
             let (item, spans, batch) = entries(5..=5 + round % 3, 10);
             index
-                .apply(item, 1, &spans, ApplyMode::Live(&batch))
+                .apply(&item, 1, &spans, ApplyMode::Live(&batch))
                 .unwrap();
             assert!(index.cache.bytes <= 2_000);
             assert!(index.cache.fifo.len() <= 2 * index.cache.live + 1024 + 3);
@@ -785,11 +785,11 @@ mod tests {
         let mut index = Index::new(0);
         // Replay starting after purged segments: group 1 is first seen at 7.
         let (item, spans, _) = entries(7..=9, 1);
-        index.apply(item, 3, &spans, ApplyMode::Recovery).unwrap();
+        index.apply(&item, 3, &spans, ApplyMode::Recovery).unwrap();
         assert_eq!(index.first_index(1), 7);
         // History of dead entries contradicts the guess: re-anchor.
         let (item, spans, _) = entries(2..=3, 1);
-        index.apply(item, 3, &spans, ApplyMode::Recovery).unwrap();
+        index.apply(&item, 3, &spans, ApplyMode::Recovery).unwrap();
         assert_eq!((index.first_index(1), index.last_index(1)), (2, 3));
         // A snapshot marker fixes the start: contradictions are corruption.
         let marker = WalItem::SnapshotMarker {
@@ -797,8 +797,8 @@ mod tests {
             index: 10,
             term: 2,
         };
-        index.apply(marker, 3, &[], ApplyMode::Recovery).unwrap();
+        index.apply(&marker, 3, &[], ApplyMode::Recovery).unwrap();
         let (item, spans, _) = entries(5..=5, 1);
-        assert!(index.apply(item, 3, &spans, ApplyMode::Recovery).is_err());
+        assert!(index.apply(&item, 3, &spans, ApplyMode::Recovery).is_err());
     }
 }

@@ -258,7 +258,7 @@ fn replay_record(seq: u64, offset: u64, payload: &[u8], index: &mut Index) -> Re
             })
             .collect();
         index
-            .apply(decoded.item, seq, &spans, ApplyMode::Recovery)
+            .apply(&decoded.item, seq, &spans, ApplyMode::Recovery)
             .map_err(|reason| format!("record breaks the log rules: {reason}"))?;
     }
     Ok(())

@@ -49,12 +49,12 @@ pub(crate) struct Tail {
 /// What an appender asked for.
 #[derive(Debug)]
 pub(crate) enum Work {
-    /// A caller's batch, already encoded. The entries' data was dropped once
-    /// encoded (see [`encode_work`]).
-    Batch {
-        items: Vec<WalItem>,
-        encoded: Encoded,
-    },
+    /// A caller's batch, already encoded. The appender holds a reference
+    /// too, and drops it after the round: so the batch's buffers are freed
+    /// on the thread that allocated them, not on the one running rounds
+    /// (freeing another thread's memory was 6 % of that thread's time at
+    /// 64 appenders).
+    Batch(Arc<EncodedWork>),
     /// Re-append the current state of `groups` so old segments stop being
     /// needed. `full` also re-appends live entries; otherwise only the hard
     /// state and, for empty logs, the log start.
@@ -214,12 +214,18 @@ pub(crate) struct PrepareRequest {
     pub shutdown: bool,
 }
 
+/// Items ready to be written: the entries' data was dropped once encoded
+/// (see [`encode_work`]); `encoded` holds it.
+#[derive(Debug)]
+pub(crate) struct EncodedWork {
+    items: Vec<WalItem>,
+    encoded: Encoded,
+}
+
 /// A piece of a record: one batch or restate, ready to be written.
 struct Unit {
     ticket: u64,
-    /// Entries carry no data; `encoded` holds it.
-    items: Vec<WalItem>,
-    encoded: Encoded,
+    work: Arc<EncodedWork>,
     /// Only frees space (restates, compactions, markers, removals), so it may
     /// rotate into the one segment kept in reserve beyond
     /// `segment_count_max`: otherwise a full WAL could not be compacted.
@@ -246,8 +252,10 @@ impl Shared {
                 max_bytes,
             });
         }
-        let (items, encoded) = encode_work(items);
-        self.submit(Work::Batch { items, encoded })
+        let work = Arc::new(encode_work(items));
+        let result = self.submit(Work::Batch(Arc::clone(&work)));
+        drop(work);
+        result
     }
 
     /// Queues `work` and waits for its round to finish.
@@ -481,19 +489,18 @@ impl Shared {
             ) {
                 Ok(items) if items.is_empty() => results.push((p.ticket, Ok(here))),
                 Ok(items) => {
-                    let (items, encoded) = encode_work(items);
+                    let work = encode_work(items);
                     let max_bytes = self.config.record_payload_bytes_max();
-                    if encoded.bytes.len() as u64 > max_bytes {
+                    if work.encoded.bytes.len() as u64 > max_bytes {
                         let err = WalError::BatchTooLarge {
-                            bytes: encoded.bytes.len() as u64,
+                            bytes: work.encoded.bytes.len() as u64,
                             max_bytes,
                         };
                         results.push((p.ticket, Err(err)));
                     } else {
                         units.push(Unit {
                             ticket: p.ticket,
-                            items,
-                            encoded,
+                            work: Arc::new(work),
                             may_use_reserve: true,
                         });
                     }
@@ -503,13 +510,13 @@ impl Shared {
         }
         let mut overlay = Overlay::default();
         for p in batches {
-            let Work::Batch { items, encoded } = p.work else {
+            let Work::Batch(work) = p.work else {
                 continue;
             };
-            match overlay.validate(&index, &items) {
+            match overlay.validate(&index, &work.items) {
                 Ok(()) => units.push(Unit {
                     ticket: p.ticket,
-                    may_use_reserve: items.iter().all(|i| {
+                    may_use_reserve: work.items.iter().all(|i| {
                         matches!(
                             i,
                             WalItem::CompactPrefix { .. }
@@ -518,8 +525,7 @@ impl Shared {
                                 | WalItem::TruncateSuffix { .. }
                         )
                     }),
-                    items,
-                    encoded,
+                    work,
                 }),
                 Err(err) => results.push((p.ticket, Err(err))),
             }
@@ -540,18 +546,22 @@ impl Shared {
         results: &mut RoundResults,
         on_written: &mut Option<Finished>,
     ) -> Result<(), WalError> {
-        self.ensure_room(tail, units[0].encoded.bytes.len(), units[0].may_use_reserve)?;
+        self.ensure_room(
+            tail,
+            units[0].work.encoded.bytes.len(),
+            units[0].may_use_reserve,
+        )?;
         let room = tail.file.size_bytes() - tail.offset - format::SEAL_BYTES as u64;
         let mut payload_len = 0usize;
         let mut payload_crc = crc32fast::Hasher::new();
         let mut payload_offsets = Vec::new();
         for unit in units.iter() {
-            let len = unit.encoded.bytes.len();
+            let len = unit.work.encoded.bytes.len();
             if format::record_bytes(payload_len + len) > room {
                 break;
             }
             payload_offsets.push(payload_len as u64);
-            payload_crc.combine(&unit.encoded.crc);
+            payload_crc.combine(&unit.work.encoded.crc);
             payload_len += len;
         }
         let count = payload_offsets.len();
@@ -559,7 +569,12 @@ impl Shared {
         let padding = [0u8; format::RECORD_ALIGN];
         let mut parts: Vec<&[u8]> = Vec::with_capacity(count + 2);
         parts.push(&head);
-        parts.extend(units.iter().take(count).map(|u| u.encoded.bytes.as_slice()));
+        parts.extend(
+            units
+                .iter()
+                .take(count)
+                .map(|u| u.work.encoded.bytes.as_slice()),
+        );
         parts.push(&padding[..format::record_padding_bytes(payload_len)]);
         let position = WritePosition {
             segment: tail.seq,
@@ -883,7 +898,7 @@ pub(crate) struct Encoded {
 /// the index caches entries by pointing into them. Dropping the data here
 /// frees it on the thread that allocated it (the appender's), which is
 /// cheaper than freeing thousands of buffers on the round's thread.
-fn encode_work(mut items: Vec<WalItem>) -> (Vec<WalItem>, Encoded) {
+fn encode_work(mut items: Vec<WalItem>) -> EncodedWork {
     let len: usize = items.iter().map(format::encoded_item_bytes).sum();
     let mut bytes = Vec::with_capacity(len);
     let mut spans = Vec::new();
@@ -904,20 +919,21 @@ fn encode_work(mut items: Vec<WalItem>) -> (Vec<WalItem>, Encoded) {
         spans,
         crc,
     };
-    (items, encoded)
+    EncodedWork { items, encoded }
 }
 
 /// Applies a written unit to the index; `base` is the segment offset of the
 /// unit's first byte.
 fn apply_unit(index: &mut Index, unit: Unit, seq: u64, base: u64) -> Result<(), WalError> {
+    let work = &unit.work;
     let batch = BatchBytes {
-        bytes: unit.encoded.bytes,
+        bytes: Arc::clone(&work.encoded.bytes),
         base,
     };
-    let mut spans = unit.encoded.spans.iter();
+    let mut spans = work.encoded.spans.iter();
     let mut abs: Vec<EntrySpan> = Vec::new();
-    for item in unit.items {
-        let n = match &item {
+    for item in &work.items {
+        let n = match item {
             WalItem::Entries { entries, .. } => entries.len(),
             _ => 0,
         };
