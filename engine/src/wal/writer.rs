@@ -1012,6 +1012,18 @@ mod tests {
         }
     }
 
+    /// 64 KiB segments without zero-filling or cache, so a few appends
+    /// reach the points these tests need.
+    fn small_segments(prepare_in_background: bool) -> WalConfig {
+        WalConfig {
+            segment_bytes: 64 << 10,
+            cache_bytes_max: 0,
+            zero_fill_segments: false,
+            prepare_in_background,
+            ..WalConfig::default()
+        }
+    }
+
     fn spare_files(fs: &SimFs) -> Vec<String> {
         let names = fs.list().unwrap().into_iter();
         names.filter(|n| n.ends_with(".spare")).collect()
@@ -1031,13 +1043,7 @@ mod tests {
         let fs = SimFs::new(3);
         // Runs once, at the next segment header write.
         let hook: Arc<Mutex<Option<OnceHook>>> = Arc::default();
-        let config = WalConfig {
-            segment_bytes: 64 << 10,
-            cache_bytes_max: 0,
-            zero_fill_segments: false,
-            prepare_in_background: false,
-            ..WalConfig::default()
-        };
+        let config = small_segments(false);
         let pending = Arc::clone(&hook);
         fs.set_header_write_hook(Some(Arc::new(move || {
             let once = pending.lock().take();
@@ -1112,13 +1118,7 @@ mod tests {
                 let _ = release_rx.lock().recv_timeout(Duration::from_secs(30));
             }
         })));
-        let config = WalConfig {
-            segment_bytes: 64 << 10,
-            cache_bytes_max: 0,
-            zero_fill_segments: false,
-            prepare_in_background: true,
-            ..WalConfig::default()
-        };
+        let config = small_segments(true);
         let wal = Arc::new(Wal::open_with_fs(Arc::new(fs.clone()), config).unwrap());
         let appender = {
             let wal = Arc::clone(&wal);
