@@ -20,6 +20,7 @@
 //! [`Wal::rewrite_forward`] copies a cold group's live entries into the
 //! active segment.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -122,6 +123,8 @@ fn plan_restates(index: &Index) -> Vec<GroupId> {
         .iter()
         .filter(|(_, g)| group_pin(g).is_some_and(|(seq, _)| seq < limit))
         .map(|(&group, _)| group)
+        .collect::<BTreeSet<GroupId>>()
+        .into_iter()
         .collect()
 }
 
