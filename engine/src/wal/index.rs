@@ -659,9 +659,9 @@ fn truncate_from(g: &mut GroupLog, from: u64, delta: &mut CacheDelta) {
 /// earlier in the same round.
 #[derive(Debug, Default)]
 pub(crate) struct Overlay {
-    bounds: HashMap<GroupId, (u64, u64)>,
+    bounds: GroupMap<(u64, u64)>,
     /// The batch being checked, reused between batches.
-    local: HashMap<GroupId, (u64, u64)>,
+    local: GroupMap<(u64, u64)>,
 }
 
 impl Overlay {
