@@ -219,3 +219,25 @@ fn bit_rot_under_a_running_wal_is_caught_when_the_entry_is_read_back() {
     }
     assert_eq!(wal.entries(1, 4, 6, u64::MAX).unwrap().len(), 2);
 }
+
+/// The index keeps 32-bit offsets because no segment is larger than 4 GiB;
+/// a larger segment file is damage, named, not a reason to panic.
+#[test]
+fn a_segment_file_over_4_gib_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 3, 100);
+    let path = dir.path().join(segment_file_name(1));
+    // Sparse: no data is written.
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(WalConfig::SEGMENT_BYTES_MAX + 4096).unwrap();
+    drop(file);
+    match Wal::open(dir.path(), config()) {
+        Err(WalError::Corruption {
+            segment, reason, ..
+        }) => {
+            assert_eq!(segment, 1);
+            assert!(reason.contains("more than"), "{reason}");
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}

@@ -55,12 +55,14 @@ impl Hasher for GroupHasher {
     }
 }
 
-/// Where one entry lives.
+/// Where one entry lives: 24 bytes, one per live entry of every group.
+/// Offsets fit in 32 bits because segments are at most 4 GiB (checked when
+/// configured and when recovered).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct EntryLoc {
     pub term: u64,
     pub seq: u64,
-    pub offset: u64,
+    pub offset: u32,
     pub len: u32,
 }
 
@@ -482,12 +484,12 @@ impl Index {
         let corrupt = |reason: String| WalError::Corruption {
             segment: loc.seq,
             path: format::segment_file_name(loc.seq).into(),
-            offset: loc.offset,
+            offset: u64::from(loc.offset),
             reason,
         };
         if !g.cache.is_empty() && index >= g.cache_first() {
             let run = &g.cache[g.cache.partition_point(|run| run.last < index)];
-            let at = (loc.offset - run.base) as usize;
+            let at = (u64::from(loc.offset) - run.base) as usize;
             // The bytes that were written, kept in memory: checked like a
             // read from the segment.
             return format::decode_entry(group, &run.batch[at..at + loc.len as usize])
@@ -498,7 +500,7 @@ impl Index {
             .get(&loc.seq)
             .ok_or_else(|| corrupt(format!("group {group} entry {index}: segment is gone")))?;
         let bytes = file
-            .read_at(loc.offset, loc.len as usize)
+            .read_at(u64::from(loc.offset), loc.len as usize)
             .map_err(|e| corrupt(format!("group {group} entry {index}: read failed: {e}")))?;
         let entry = format::decode_entry(group, &bytes)
             .map_err(|e| corrupt(format!("group {group} entry {index}: {e}")))?;
@@ -545,13 +547,19 @@ fn apply_to_group(
                     g.last()
                 ));
             }
+            if let Some(far) = spans.iter().find(|s| u32::try_from(s.offset).is_err()) {
+                return Err(format!(
+                    "group {group}: entry at offset {} is beyond the 4 GiB a segment may have",
+                    far.offset
+                ));
+            }
             truncate_from(g, i, delta);
             let mut cost = 0;
             for (e, span) in entries.iter().zip(spans) {
                 let loc = EntryLoc {
                     term: e.term,
                     seq,
-                    offset: span.offset,
+                    offset: span.offset as u32,
                     len: span.len,
                 };
                 cost += entry_cost_bytes(&loc);

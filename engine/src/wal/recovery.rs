@@ -137,13 +137,23 @@ pub(crate) fn recover(fs: &Arc<dyn WalFs>, config: &WalConfig) -> Result<Recover
         let path = fs.path(&name);
         let io = |e| WalError::io(path.clone(), e);
         let file = fs.open(&name).map_err(io)?;
-        let bytes = file.read_at(0, file.size_bytes() as usize).map_err(io)?;
         let corrupt = |offset: u64, reason: String| WalError::Corruption {
             segment: seq,
             path: path.clone(),
             offset,
             reason,
         };
+        if file.size_bytes() > WalConfig::SEGMENT_BYTES_MAX {
+            return Err(corrupt(
+                0,
+                format!(
+                    "segment file is {} bytes, more than the {} a segment may have",
+                    file.size_bytes(),
+                    WalConfig::SEGMENT_BYTES_MAX
+                ),
+            ));
+        }
+        let bytes = file.read_at(0, file.size_bytes() as usize).map_err(io)?;
         format::decode_segment_header(&bytes, seq).map_err(|e| corrupt(0, e.to_string()))?;
         let is_last = seq == last_seq;
         let scan = scan_segment(seq, &bytes, is_last, &mut index, &mut report)
