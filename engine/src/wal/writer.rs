@@ -1024,6 +1024,14 @@ mod tests {
         }
     }
 
+    /// Appends entry `next` of group 1 and moves `next` on.
+    fn append_next(wal: &Wal, next: &mut u64) {
+        let mut b = WriteBatch::new();
+        b.add_entries(1, vec![entry(*next)]);
+        wal.append(b).unwrap();
+        *next += 1;
+    }
+
     fn spare_files(fs: &SimFs) -> Vec<String> {
         let names = fs.list().unwrap().into_iter();
         names.filter(|n| n.ends_with(".spare")).collect()
@@ -1053,12 +1061,7 @@ mod tests {
         })));
         let wal = Wal::open_with_fs(Arc::new(fs.clone()), config.clone()).unwrap();
         let mut next = 1;
-        let mut append = || {
-            let mut b = WriteBatch::new();
-            b.add_entries(1, vec![entry(next)]);
-            wal.append(b).unwrap();
-            next += 1;
-        };
+        let mut append = || append_next(&wal, &mut next);
 
         // Segment 1 is half full: spare 2 is made for the rotation into 2.
         while wal.spare_count() == 0 {
@@ -1124,12 +1127,7 @@ mod tests {
             let wal = Arc::clone(&wal);
             std::thread::spawn(move || {
                 let mut next = 1;
-                let mut append = || {
-                    let mut b = WriteBatch::new();
-                    b.add_entries(1, vec![entry(next)]);
-                    wal.append(b).unwrap();
-                    next += 1;
-                };
+                let mut append = || append_next(&wal, &mut next);
                 // Until the preparer is inside the spare's creation.
                 while entered_rx.try_recv().is_err() {
                     append();
