@@ -900,8 +900,15 @@ pub(crate) struct Encoded {
 /// cheaper than freeing thousands of buffers on the round's thread.
 fn encode_work(mut items: Vec<WalItem>) -> EncodedWork {
     let len: usize = items.iter().map(format::encoded_item_bytes).sum();
+    let entry_count: usize = items
+        .iter()
+        .map(|item| match item {
+            WalItem::Entries { entries, .. } => entries.len(),
+            _ => 0,
+        })
+        .sum();
     let mut bytes = Vec::with_capacity(len);
-    let mut spans = Vec::new();
+    let mut spans = Vec::with_capacity(entry_count);
     for item in &items {
         format::encode_item(item, &mut bytes, &mut spans);
     }
