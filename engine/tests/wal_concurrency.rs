@@ -74,13 +74,16 @@ fn check_groups(wal: &Wal, acked: &[u64]) {
     }
 }
 
+/// Every group-commit strategy, for tests that must hold under each.
+const MODES: [SyncMode; 3] = [
+    SyncMode::Adaptive,
+    SyncMode::LeaderFollower,
+    SyncMode::SyncThread,
+];
+
 #[test]
 fn eight_threads_share_syncs_on_a_real_disk() {
-    for mode in [
-        SyncMode::Adaptive,
-        SyncMode::LeaderFollower,
-        SyncMode::SyncThread,
-    ] {
+    for mode in MODES {
         let dir = tempfile::tempdir().unwrap();
         let config = WalConfig {
             segment_bytes: 256 << 10,
@@ -140,11 +143,7 @@ fn crash_during_concurrent_appends_keeps_every_acknowledged_batch() {
 
 #[test]
 fn appends_reads_purges_and_rewrites_run_concurrently() {
-    for mode in [
-        SyncMode::Adaptive,
-        SyncMode::LeaderFollower,
-        SyncMode::SyncThread,
-    ] {
+    for mode in MODES {
         let dir = tempfile::tempdir().unwrap();
         let config = WalConfig {
             segment_bytes: 64 << 10,
@@ -456,11 +455,7 @@ fn rotations_prepares_and_purges_keep_spares_and_files_in_step() {
     const GROUPS: u64 = 4;
     const READERS: u64 = 2;
     const ROTATIONS: u64 = 300;
-    for mode in [
-        SyncMode::Adaptive,
-        SyncMode::LeaderFollower,
-        SyncMode::SyncThread,
-    ] {
+    for mode in MODES {
         let dir = tempfile::tempdir().unwrap();
         let config = WalConfig {
             segment_bytes: 64 << 10,

@@ -20,7 +20,6 @@
 //! [`Wal::rewrite_forward`] copies a cold group's live entries into the
 //! active segment.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -118,14 +117,14 @@ fn plan_restates(index: &Index) -> Vec<GroupId> {
     if limit <= oldest {
         return Vec::new();
     }
-    index
+    let mut groups: Vec<GroupId> = index
         .groups
         .iter()
         .filter(|(_, g)| group_pin(g).is_some_and(|(seq, _)| seq < limit))
         .map(|(&group, _)| group)
-        .collect::<BTreeSet<GroupId>>()
-        .into_iter()
-        .collect()
+        .collect();
+    groups.sort_unstable();
+    groups
 }
 
 impl Wal {

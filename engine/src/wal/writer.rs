@@ -343,7 +343,12 @@ impl Shared {
             Successor::Appender(next) => next.request_leader(),
         }
         match outcome {
-            Ok(results) => deliver(&waiters, &round, results),
+            Ok(results) => Finished {
+                waiters,
+                round,
+                results,
+            }
+            .deliver(),
             Err(payload) => {
                 // Followers must not wait forever for a leader that died.
                 fail_after_panic(&waiters, &round);
@@ -846,32 +851,34 @@ pub(crate) struct Finished {
 }
 
 impl Finished {
+    /// Hands every waiter of the round its result, then wakes them all. A
+    /// round answers each of its tickets exactly once; a ticket left
+    /// unanswered would hang its appender, so it is failed instead (and
+    /// debug builds stop).
     fn deliver(self) {
-        deliver(&self.waiters, &self.round, self.results);
-    }
-}
-
-/// Hands every waiter of a round its result, then wakes them all. A round
-/// answers each of its tickets exactly once; a ticket left unanswered would
-/// hang its appender, so it is failed instead (and debug builds stop).
-fn deliver(waiters: &[(u64, Arc<Waiter>)], round: &RoundSignal, results: RoundResults) {
-    let mut answered = vec![false; waiters.len()];
-    for (ticket, result) in results {
-        let slot = waiters
-            .binary_search_by_key(&ticket, |(t, _)| *t)
-            .expect("a round answers only its own tickets");
-        debug_assert!(!answered[slot], "ticket {ticket} answered twice");
-        answered[slot] = true;
-        waiters[slot].1.set(result);
-    }
-    for ((ticket, waiter), done) in waiters.iter().zip(answered) {
-        debug_assert!(done, "ticket {ticket} left unanswered");
-        if !done {
-            let reason = format!("ticket {ticket} was not answered by its round");
-            waiter.set(Err(WalError::Poisoned { reason }));
+        let Finished {
+            waiters,
+            round,
+            results,
+        } = self;
+        let mut answered = vec![false; waiters.len()];
+        for (ticket, result) in results {
+            let slot = waiters
+                .binary_search_by_key(&ticket, |(t, _)| *t)
+                .expect("a round answers only its own tickets");
+            debug_assert!(!answered[slot], "ticket {ticket} answered twice");
+            answered[slot] = true;
+            waiters[slot].1.set(result);
         }
+        for ((ticket, waiter), done) in waiters.iter().zip(answered) {
+            debug_assert!(done, "ticket {ticket} left unanswered");
+            if !done {
+                let reason = format!("ticket {ticket} was not answered by its round");
+                waiter.set(Err(WalError::Poisoned { reason }));
+            }
+        }
+        round.finish();
     }
-    round.finish();
 }
 
 /// Fails every waiter of a round that panicked (the WAL is poisoned).
