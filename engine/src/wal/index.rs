@@ -682,6 +682,11 @@ impl Overlay {
         })
     }
 
+    /// Forgets the previous round (keeping the memory).
+    pub fn clear(&mut self) {
+        self.bounds.clear();
+    }
+
     /// Checks `items` in order against the log; on success records their
     /// effect so later batches of the round see it.
     pub fn validate(&mut self, index: &Index, items: &[WalItem]) -> Result<(), WalError> {

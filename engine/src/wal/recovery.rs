@@ -104,6 +104,7 @@ pub(crate) fn recover(fs: &Arc<dyn WalFs>, config: &WalConfig) -> Result<Recover
             file,
             offset: format::SEGMENT_HEADER_BYTES as u64,
             sealed: false,
+            scratch: Default::default(),
         };
         report.end = WritePosition {
             segment: 1,
@@ -176,6 +177,7 @@ pub(crate) fn recover(fs: &Arc<dyn WalFs>, config: &WalConfig) -> Result<Recover
                 file,
                 offset: scan.end,
                 sealed: scan.sealed,
+                scratch: Default::default(),
             });
         }
     }
