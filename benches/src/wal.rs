@@ -261,17 +261,27 @@ pub fn run_cell(log: &dyn BenchLog, cell: Cell, duration: Duration) -> CellResul
 
 /// Sequential write + fdatasync of `block` bytes in a loop, into a
 /// preallocated file that was already written once (so no extent
-/// conversion is measured).
+/// conversion is measured). With `loops` > 1, that many threads run the
+/// loop at once on the same file, each in its own part of it: how many
+/// syncs the disk completes when more than one is in flight (a WAL that
+/// keeps one sync in flight cannot use that, so it says how far such a
+/// WAL is from the disk, not from the device's limit).
 #[derive(Clone, Debug)]
 pub struct DiskResult {
     pub block_bytes: usize,
+    pub loops: usize,
     pub syncs_per_sec: f64,
     pub mb_per_sec: f64,
     pub latency_us_p50: u64,
     pub latency_us_p99: u64,
 }
 
-pub fn measure_disk(dir: &Path, block_bytes: usize, duration: Duration) -> DiskResult {
+pub fn measure_disk(
+    dir: &Path,
+    block_bytes: usize,
+    loops: usize,
+    duration: Duration,
+) -> DiskResult {
     let path = dir.join("disk-probe.bin");
     let file_bytes: u64 = 256 << 20;
     let mut file = OpenOptions::new()
@@ -286,27 +296,50 @@ pub fn measure_disk(dir: &Path, block_bytes: usize, duration: Duration) -> DiskR
         file.write_all(&chunk).expect("prefill");
     }
     file.sync_all().expect("sync prefill");
-    let block = vec![0xa5u8; block_bytes];
-    let mut latency = Histogram::<u64>::new(3).expect("histogram");
-    let mut offset = 0u64;
-    let mut ops = 0u64;
+    let part_bytes = file_bytes / loops as u64;
     let started = Instant::now();
-    while started.elapsed() < duration {
-        if offset + block_bytes as u64 > file_bytes {
-            offset = 0;
-        }
-        let begin = Instant::now();
-        file.write_all_at(&block, offset).expect("write");
-        file.sync_data().expect("fdatasync");
-        let _ = latency.record(begin.elapsed().as_micros() as u64);
-        offset += block_bytes as u64;
-        ops += 1;
-    }
+    let per_loop: Vec<(u64, Histogram<u64>)> = std::thread::scope(|scope| {
+        let file = &file;
+        let handles: Vec<_> = (0..loops as u64)
+            .map(|part| {
+                scope.spawn(move || {
+                    let block = vec![0xa5u8; block_bytes];
+                    let mut latency = Histogram::<u64>::new(3).expect("histogram");
+                    let (start, end) = (part * part_bytes, (part + 1) * part_bytes);
+                    let mut offset = start;
+                    let mut ops = 0u64;
+                    while started.elapsed() < duration {
+                        if offset + block_bytes as u64 > end {
+                            offset = start;
+                        }
+                        let begin = Instant::now();
+                        file.write_all_at(&block, offset).expect("write");
+                        file.sync_data().expect("fdatasync");
+                        let _ = latency.record(begin.elapsed().as_micros() as u64);
+                        offset += block_bytes as u64;
+                        ops += 1;
+                    }
+                    (ops, latency)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("disk loop"))
+            .collect()
+    });
     let seconds = started.elapsed().as_secs_f64();
     drop(file);
     let _ = std::fs::remove_file(&path);
+    let mut latency = Histogram::<u64>::new(3).expect("histogram");
+    let mut ops = 0u64;
+    for (n, h) in &per_loop {
+        ops += n;
+        latency.add(h).expect("same histogram bounds");
+    }
     DiskResult {
         block_bytes,
+        loops,
         syncs_per_sec: ops as f64 / seconds,
         mb_per_sec: ops as f64 * block_bytes as f64 / seconds / 1e6,
         latency_us_p50: latency.value_at_quantile(0.5),
