@@ -262,10 +262,9 @@ pub fn run_cell(log: &dyn BenchLog, cell: Cell, duration: Duration) -> CellResul
 /// Sequential write + fdatasync of `block` bytes in a loop, into a
 /// preallocated file that was already written once (so no extent
 /// conversion is measured). With `loops` > 1, that many threads run the
-/// loop at once on the same file, each in its own part of it: how many
-/// syncs the disk completes when more than one is in flight (a WAL that
-/// keeps one sync in flight cannot use that, so it says how far such a
-/// WAL is from the disk, not from the device's limit).
+/// loop at once on the same file, each in its own part of it, showing how
+/// many syncs the disk completes with more than one in flight. A WAL that
+/// keeps one sync in flight at a time is bounded by the one-loop figure.
 #[derive(Clone, Debug)]
 pub struct DiskResult {
     pub block_bytes: usize,
