@@ -349,3 +349,33 @@ fn sync_thread_mode_behaves_like_leader_follower() {
         assert_eq!(reopened.last_index(g), 10);
     }
 }
+
+#[test]
+fn purge_frees_nothing_on_the_strength_of_a_compaction_that_was_not_synced() {
+    let fs = SimFs::new(12);
+    let wal = sim_wal(&fs, small_config());
+    let mut next = 1;
+    while wal.segment_count() < 3 {
+        append_entries(&wal, 1, entries(next..=next + 9, 1, 400));
+        next += 10;
+    }
+    // The compaction is written but its sync fails, so a crash may lose it:
+    // the segments it would free still hold group 1's only copy.
+    fs.fail_op_in(2);
+    let mut compact = WriteBatch::new();
+    compact.compact_prefix(1, next);
+    assert!(wal.append(compact).is_err());
+    let purged = wal.purge();
+    assert!(
+        matches!(purged, Err(WalError::Poisoned { .. })),
+        "{purged:?}"
+    );
+    drop(wal);
+    fs.crash();
+    let reopened = sim_wal(&fs, small_config());
+    assert_eq!(reopened.first_index(1), 1);
+    assert_eq!(
+        reopened.entries(1, 1, next, u64::MAX).unwrap(),
+        entries(1..=next - 1, 1, 400)
+    );
+}

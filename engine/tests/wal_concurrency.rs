@@ -550,3 +550,82 @@ impl Drop for StopOnDrop<'_> {
         self.0.store(true, Ordering::Relaxed);
     }
 }
+
+/// A round applies its record to the index before the record's sync
+/// returns. A purge running in that window must not free segments on the
+/// strength of it: here the compaction of every entry group 1 has is in the
+/// index but not yet durable when purge runs, and the power fails before the
+/// sync. The entries must all be there after recovery.
+#[test]
+fn purge_during_a_compactions_sync_frees_nothing_the_crash_needs() {
+    let fs = SimFs::new(13);
+    let config = WalConfig {
+        segment_bytes: 64 << 10,
+        cache_bytes_max: 0,
+        prepare_in_background: false,
+        ..WalConfig::default()
+    };
+    let wal = Arc::new(Wal::open_with_fs(Arc::new(fs.clone()), config.clone()).unwrap());
+    let mut next = 1;
+    while wal.segment_count() < 3 {
+        let mut b = WriteBatch::new();
+        b.add_entries(1, (next..next + 10).map(|i| entry(1, i)).collect());
+        wal.append(b).unwrap();
+        next += 10;
+    }
+    let purge_finished_in_window = Arc::new(AtomicBool::new(false));
+    let purge_thread = Arc::new(Mutex::new(None));
+    {
+        let (wal, fs_in_hook) = (Arc::downgrade(&wal), fs.clone());
+        let (finished, thread) = (
+            Arc::clone(&purge_finished_in_window),
+            Arc::clone(&purge_thread),
+        );
+        fs.set_sync_hook(Some(Arc::new(move || {
+            let Some(wal) = wal.upgrade() else { return };
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            *thread.lock().unwrap() = Some(std::thread::spawn(move || {
+                let purged = wal.purge();
+                let _ = done_tx.send(());
+                purged
+            }));
+            if done_rx
+                .recv_timeout(std::time::Duration::from_millis(300))
+                .is_ok()
+            {
+                finished.store(true, Ordering::SeqCst);
+            }
+            // The power fails before this sync.
+            fs_in_hook.power_cut_in(1);
+        })));
+    }
+    let mut compact = WriteBatch::new();
+    compact.compact_prefix(1, next);
+    assert!(
+        wal.append(compact).is_err(),
+        "the power failed before the sync"
+    );
+    fs.set_sync_hook(None);
+    let purged = purge_thread
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the hook ran")
+        .join()
+        .unwrap();
+    assert!(
+        !purge_finished_in_window.load(Ordering::SeqCst),
+        "purge ran while a record was in the index but not durable: {purged:?}"
+    );
+    assert!(
+        matches!(purged, Err(WalError::Poisoned { .. })),
+        "{purged:?}"
+    );
+    drop(wal);
+    fs.crash();
+    let reopened = Wal::open_with_fs(Arc::new(fs.clone()), config).unwrap();
+    assert_eq!(reopened.first_index(1), 1);
+    assert_eq!(reopened.last_index(1), next - 1);
+    let got = reopened.entries(1, 1, next, u64::MAX).unwrap();
+    assert_eq!(got, (1..next).map(|i| entry(1, i)).collect::<Vec<_>>());
+}

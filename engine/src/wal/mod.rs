@@ -400,7 +400,8 @@ struct Counters {
 }
 
 /// State shared by callers and the sync thread. Lock order:
-/// `purge_lock` → `tail` → `index` → `spares` → `commit`, and
+/// `purge_lock` → `tail` → `index_ahead_of_disk` → `index` → `spares` →
+/// `commit`, and
 /// `creating_spare` → `spares`; `commit` is a leaf, never held while waiting
 /// for IO or another lock. Each appender's result slot (`writer::Waiter`) is
 /// a leaf too.
@@ -413,6 +414,14 @@ struct Shared {
     work_cv: Condvar,
     tail: Mutex<Tail>,
     index: RwLock<Index>,
+    /// Held by a round from applying a record to the index until that
+    /// record's sync has returned (or failed and poisoned the WAL): the
+    /// index runs ahead of the disk meanwhile, so entries can be read while
+    /// the disk works. Purge takes it, so it never frees a segment on the
+    /// strength of a compaction or removal that a crash could still undo.
+    /// Not `tail`: a round holds that through rotations too, which may wait
+    /// on file creation.
+    index_ahead_of_disk: Mutex<()>,
     /// Spare segment files kept for reuse, by the sequence in their name
     /// (a freed segment's, or the one a spare was made ahead of time for).
     /// Whenever the lock is free this names exactly the `.spare` files in
@@ -494,6 +503,7 @@ impl Wal {
             commit: Mutex::new(CommitQueue::default()),
             tail: Mutex::new(recovered.tail),
             index: RwLock::new(recovered.index),
+            index_ahead_of_disk: Mutex::new(()),
             spares: Mutex::new(recovered.spares),
             purge_lock: Mutex::new(()),
             creating_spare: Mutex::new(()),

@@ -132,6 +132,11 @@ impl Wal {
     /// restating hard states and empty-log starts that would otherwise keep
     /// old segments alive. Freed segments become spares (up to
     /// [`WalConfig::recycle_segments_max`]) or are deleted.
+    ///
+    /// Waits while the index holds a record whose sync has not returned,
+    /// and fails with [`WalError::Poisoned`] once the WAL is poisoned (the
+    /// index may then hold records whose sync failed): a crash could still
+    /// undo those records, and with them the reason a segment is free.
     pub fn purge(&self) -> Result<PurgeReport, WalError> {
         let shared = &self.shared;
         let _one_purge_at_a_time = shared.purge_lock.lock();
@@ -145,6 +150,10 @@ impl Wal {
             })?;
         }
         let freed: Vec<(u64, Arc<dyn SegmentFile>)> = {
+            // With this held and the WAL not poisoned, the index describes
+            // only durable records.
+            let _index_not_ahead = shared.index_ahead_of_disk.lock();
+            shared.check_not_poisoned()?;
             let mut index = shared.index.write();
             let limit = index
                 .groups

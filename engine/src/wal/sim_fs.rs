@@ -113,6 +113,9 @@ pub type HeaderWriteHook = Arc<dyn Fn() + Send + Sync>;
 /// A test's hook on file creation; see [`SimFs::set_create_hook`].
 pub type CreateHook = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// A test's hook on file syncs; see [`SimFs::set_sync_hook`].
+pub type SyncHook = Arc<dyn Fn() + Send + Sync>;
+
 #[derive(Clone)]
 struct HookSlot<H>(Arc<Mutex<Option<H>>>);
 
@@ -138,6 +141,7 @@ pub struct SimFs {
     state: Arc<Mutex<SimState>>,
     header_hook: HookSlot<HeaderWriteHook>,
     create_hook: HookSlot<CreateHook>,
+    sync_hook: HookSlot<SyncHook>,
 }
 
 impl SimFs {
@@ -161,6 +165,7 @@ impl SimFs {
             })),
             header_hook: HookSlot::default(),
             create_hook: HookSlot::default(),
+            sync_hook: HookSlot::default(),
         }
     }
 
@@ -178,6 +183,14 @@ impl SimFs {
     /// run. `None` removes the hook.
     pub fn set_create_hook(&self, hook: Option<CreateHook>) {
         *self.create_hook.0.lock() = hook;
+    }
+
+    /// Runs `hook` before every file sync, outside the disk's lock: a WAL
+    /// round has then written its record and applied it to the index but not
+    /// made it durable, so a test can hold it there while other threads run
+    /// (or schedule a fault for the sync). `None` removes the hook.
+    pub fn set_sync_hook(&self, hook: Option<SyncHook>) {
+        *self.sync_hook.0.lock() = hook;
     }
 
     /// With probability `percent`/100 a crash tears the last unsynced write.
@@ -471,6 +484,10 @@ impl SegmentFile for SimSegment {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        let hook = self.fs.sync_hook.0.lock().clone();
+        if let Some(hook) = hook {
+            hook();
+        }
         let mut s = self.fs.state.lock();
         self.check_epoch(&s)?;
         s.begin_op("sync")?;

@@ -622,9 +622,11 @@ impl Shared {
         // above): at 64 appenders indexing takes about as long as the sync,
         // and doing it first made every round that much longer. So entries
         // are readable before they are durable; appenders still learn of
-        // their batch only after the sync, and a failed sync poisons the
-        // WAL, reads included.
+        // their batch only after the sync, a failed sync poisons the WAL,
+        // reads included, and purge waits for the sync (see
+        // `index_ahead_of_disk`).
         let payload_base = position.offset + format::RECORD_HEADER_BYTES as u64;
+        let index_ahead_of_disk = self.index_ahead_of_disk.lock();
         let mut index = self.index.write();
         let spans = &mut tail.scratch.spans;
         let applied: Vec<(u64, Result<(), WalError>)> = units
@@ -643,6 +645,7 @@ impl Shared {
         drop(index);
         tail.scratch.payload_offsets = payload_offsets;
         let synced = self.sync_tail(tail);
+        drop(index_ahead_of_disk);
         results.extend(applied.into_iter().map(|(ticket, applied)| {
             let outcome = match &synced {
                 Ok(()) => applied.map(|()| position),
