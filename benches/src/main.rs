@@ -278,6 +278,8 @@ fn run_wal(args: WalArgs) {
             .map(|&(block, loops)| wal::measure_disk(&args.dir, block, loops, duration))
             .collect()
     };
+    let wake =
+        (!args.flotilla_only).then(|| wal::measure_wake(duration.min(Duration::from_secs(1))));
 
     let mut rows = Vec::new();
     for (i, &cell) in cells.iter().enumerate() {
@@ -340,7 +342,7 @@ fn run_wal(args: WalArgs) {
         figures
     });
 
-    print_report(&disk, &rows, recovery, args.repeat);
+    print_report(&disk, wake.as_ref(), &rows, recovery, args.repeat);
 }
 
 fn fmt_syncs(result: &wal::CellResult) -> String {
@@ -351,6 +353,7 @@ fn fmt_syncs(result: &wal::CellResult) -> String {
 
 fn print_report(
     disk: &[wal::DiskResult],
+    wake: Option<&wal::WakeResult>,
     rows: &[(wal::CellResult, wal::CellResult)],
     recovery: Option<(Duration, Duration, u64)>,
     repeat: usize,
@@ -372,6 +375,13 @@ fn print_report(
             d.mb_per_sec,
             d.latency_us_p50,
             d.latency_us_p99
+        );
+    }
+    if let Some(w) = wake {
+        println!();
+        println!(
+            "threads: one waking another and back (park/unpark, unpinned), same run: {:.0} round trips/s, p50 {} us, p99 {} us",
+            w.round_trips_per_sec, w.latency_us_p50, w.latency_us_p99
         );
     }
     println!();
@@ -418,6 +428,12 @@ fn print_report(
         println!(
             "{{\"bench\":\"disk\",\"block_bytes\":{},\"loops\":{},\"syncs_per_sec\":{:.1},\"mb_per_sec\":{:.2},\"latency_us_p50\":{},\"latency_us_p99\":{}}}",
             d.block_bytes, d.loops, d.syncs_per_sec, d.mb_per_sec, d.latency_us_p50, d.latency_us_p99
+        );
+    }
+    if let Some(w) = wake {
+        println!(
+            "{{\"bench\":\"wake\",\"round_trips_per_sec\":{:.1},\"latency_us_p50\":{},\"latency_us_p99\":{}}}",
+            w.round_trips_per_sec, w.latency_us_p50, w.latency_us_p99
         );
     }
     for (ours, theirs) in rows {

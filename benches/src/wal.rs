@@ -346,6 +346,66 @@ pub fn measure_disk(
     }
 }
 
+/// One thread waking another and being woken back, in a loop: the cost of
+/// the hand-off every synced write makes twice (the writer sleeps until
+/// whoever syncs wakes it). On a virtual machine a wake-up that crosses
+/// vCPUs can cost far more than the syscalls, and it bounds how fast
+/// closed-loop writers turn around between syncs, whatever the engine; so
+/// the report prints it beside the disk's figures.
+#[derive(Clone, Debug)]
+pub struct WakeResult {
+    pub round_trips_per_sec: f64,
+    pub latency_us_p50: u64,
+    pub latency_us_p99: u64,
+}
+
+/// Ping-pong between two unpinned threads with `park`/`unpark` (a futex
+/// each way), timed per round trip.
+pub fn measure_wake(duration: Duration) -> WakeResult {
+    // Odd: the ponger's move; even: the pinger's.
+    let turn = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let pinger = std::thread::current();
+    let mut latency = Histogram::<u64>::new(3).expect("histogram");
+    let mut round_trips = 0u64;
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let (turn, done) = (&turn, &done);
+        let ponger = scope.spawn(move || {
+            let mut expect = 1u64;
+            loop {
+                while turn.load(Ordering::Acquire) != expect {
+                    if done.load(Ordering::Acquire) {
+                        return;
+                    }
+                    std::thread::park();
+                }
+                turn.store(expect + 1, Ordering::Release);
+                pinger.unpark();
+                expect += 2;
+            }
+        });
+        while started.elapsed() < duration {
+            let begin = Instant::now();
+            let serve = turn.load(Ordering::Relaxed) + 1;
+            turn.store(serve, Ordering::Release);
+            ponger.thread().unpark();
+            while turn.load(Ordering::Acquire) != serve + 1 {
+                std::thread::park();
+            }
+            let _ = latency.record(begin.elapsed().as_nanos() as u64 / 1000);
+            round_trips += 1;
+        }
+        done.store(true, Ordering::Release);
+        ponger.thread().unpark();
+    });
+    WakeResult {
+        round_trips_per_sec: round_trips as f64 / started.elapsed().as_secs_f64(),
+        latency_us_p50: latency.value_at_quantile(0.5),
+        latency_us_p99: latency.value_at_quantile(0.99),
+    }
+}
+
 /// Writes about `total_bytes` spread over `groups` groups through flotilla's
 /// WAL (64 KiB batches), then times reopening it.
 pub fn measure_recovery(dir: &Path, groups: u64, total_bytes: u64) -> (Duration, Duration, u64) {
@@ -404,4 +464,16 @@ pub fn median_run(mut runs: Vec<CellResult>) -> CellResult {
     runs.sort_by(|a, b| a.entries_per_sec().total_cmp(&b.entries_per_sec()));
     let middle = runs.len() / 2;
     runs.swap_remove(middle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wake_ping_pong_runs_round_trips_and_stops() {
+        let wake = measure_wake(Duration::from_millis(100));
+        assert!(wake.round_trips_per_sec > 0.0);
+        assert!(wake.latency_us_p50 <= wake.latency_us_p99);
+    }
 }
