@@ -346,8 +346,8 @@ pub fn measure_disk(
     }
 }
 
-/// One thread waking another and being woken back, in a loop: the cost of
-/// the hand-off every synced write makes twice (the writer sleeps until
+/// One thread waking another and being woken back, in a loop: each leg is
+/// the hand-off every synced write pays once (the writer sleeps until
 /// whoever syncs wakes it). On a virtual machine a wake-up that crosses
 /// vCPUs can cost far more than the syscalls, and it bounds how fast
 /// closed-loop writers turn around between syncs, whatever the engine; so
@@ -393,7 +393,7 @@ pub fn measure_wake(duration: Duration) -> WakeResult {
             while turn.load(Ordering::Acquire) != serve + 1 {
                 std::thread::park();
             }
-            let _ = latency.record(begin.elapsed().as_nanos() as u64 / 1000);
+            let _ = latency.record(begin.elapsed().as_micros() as u64);
             round_trips += 1;
         }
         done.store(true, Ordering::Release);
